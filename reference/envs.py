@@ -1,0 +1,71 @@
+"""The `VLLM_*` environment variables, parsed exactly as vLLM 0.32 parses them.
+
+Like vLLM's `vllm.envs`, every read goes through the module `__getattr__`, so a value is
+re-read from `os.environ` on each access until `enable_envs_cache()` freezes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def _plugins() -> list[str] | None:
+    # Unset means "load all"; otherwise the raw value split on "," with no stripping and
+    # no removal of empty items: "" gives [""], "a, b" gives ["a", " b"].
+    value = os.environ.get("VLLM_PLUGINS")
+    return None if value is None else value.split(",")
+
+
+def _optional_bool(name: str) -> bool | None:
+    value = os.environ.get(name)
+    return None if value is None else bool(int(value))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true")
+
+
+environment_variables: dict[str, Callable[[], Any]] = {
+    "VLLM_PLUGINS": _plugins,
+    "VLLM_TARGET_DEVICE": lambda: os.getenv("VLLM_TARGET_DEVICE", "cuda").lower(),
+    "VLLM_LOGGING_LEVEL": lambda: os.getenv("VLLM_LOGGING_LEVEL", "INFO").upper(),
+    "VLLM_CONFIGURE_LOGGING": lambda: int(os.getenv("VLLM_CONFIGURE_LOGGING", "1")),
+    "VLLM_LORA_RESOLVER_CACHE_DIR": lambda: os.getenv("VLLM_LORA_RESOLVER_CACHE_DIR", None),
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": lambda: _flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+    "VLLM_USE_V2_MODEL_RUNNER": lambda: _optional_bool("VLLM_USE_V2_MODEL_RUNNER"),
+    "VLLM_TPU_USING_PATHWAYS": lambda: "proxy" in os.getenv("JAX_PLATFORMS", "").lower(),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in environment_variables:
+        return environment_variables[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(environment_variables)
+
+
+def is_set(name: str) -> bool:
+    """Whether the variable `name` is present in the environment."""
+    if name not in environment_variables:
+        raise ValueError(f"Unknown vLLM environment variable {name!r}")
+    return name in os.environ
+
+
+def enable_envs_cache() -> None:
+    """Freeze every variable at its current value, as vLLM's engine core and workers do."""
+    global __getattr__
+    __getattr__ = functools.cache(__getattr__)
+
+
+def disable_envs_cache() -> None:
+    """Undo `enable_envs_cache()` (vLLM has no such call; tests need it)."""
+    global __getattr__
+    wrapped = getattr(__getattr__, "__wrapped__", None)
+    if wrapped is not None:
+        __getattr__ = wrapped

@@ -1,0 +1,175 @@
+"""The reference's public face: which `vllm.*` module paths it answers, and `mount()`.
+
+`SURFACE` is the single table that knows vLLM's module layout. After `mount()`,
+`import vllm.plugins` returns the very module object `reference.plugins`; a `vllm.*` path
+outside the table raises an ImportError that says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: `vllm` module path → the reference module that answers it.
+SURFACE: dict[str, str] = {
+    "vllm.envs": "reference.envs",
+    "vllm.logger": "reference.logger",
+    "vllm.plugins": "reference.plugins",
+    "vllm.platforms": "reference.platforms",
+    "vllm.platforms.interface": "reference.platforms.interface",
+    "vllm.platforms.cpu": "reference.platforms.cpu",
+    "vllm.platforms.cuda": "reference.platforms.cuda",
+    "vllm.utils": "reference.utils",
+    "vllm.utils.import_utils": "reference.utils",
+    "vllm.distributed.device_communicators.base_device_communicator": "reference.distributed",
+    "vllm.v1.attention.selector": "reference.attention",
+    "vllm.v1.attention.backends.registry": "reference.attention",
+}
+
+_FACADE_NAME = "vllm"
+#: Holds `vllm/__init__.py`, a shim that mounts the reference when found on `sys.path`;
+#: `mount()` puts it on `sys.path` so that spawned children (which inherit the parent's
+#: `sys.path`) mount it too on their first `import vllm`.
+SHIM_DIR = str(Path(__file__).parent / "_shim")
+
+
+def _intermediate_packages(table: dict[str, str]) -> set[str]:
+    """Every proper prefix of a table path that the table itself does not map."""
+    prefixes: set[str] = set()
+    for path in table:
+        parts = path.split(".")
+        for i in range(2, len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix not in table:
+                prefixes.add(prefix)
+    return prefixes
+
+
+class SurfaceError(ModuleNotFoundError):
+    """A `vllm.*` import that the mounted reference engine does not answer."""
+
+
+def _outside_surface(name: str) -> SurfaceError:
+    return SurfaceError(
+        f"No module named {name!r} in the reference engine: {name!r} is outside the "
+        "reference's plugin surface (the vllm.* paths listed in reference.surface.SURFACE). "
+        "A plugin that needs it cannot be checked on the embedded reference engine; run the "
+        "check against the real vLLM with `--engine vllm`.",
+        name=name,
+    )
+
+
+class _Facade(types.ModuleType):
+    """The `vllm` package itself: an empty package whose attributes come from `reference`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import reference
+
+        return getattr(reference, name)
+
+    def __dir__(self) -> list[str]:
+        import reference
+
+        return sorted(set(super().__dir__()) | set(dir(reference)))
+
+
+class _SurfaceLoader(importlib.abc.Loader):
+    def __init__(self, finder: SurfaceFinder) -> None:
+        self._finder = finder
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self._finder.module_for(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """The module was executed when its reference twin was imported."""
+
+
+class SurfaceFinder(importlib.abc.MetaPathFinder):
+    """Answers every `vllm` and `vllm.*` import from the table, before any other finder."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = dict(table)
+        self.packages = _intermediate_packages(self.table)
+        self._has_children = {path.rsplit(".", 1)[0] for path in self.table}
+        self._synthetic: dict[str, types.ModuleType] = {}
+        self._loader = _SurfaceLoader(self)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != _FACADE_NAME and not fullname.startswith(_FACADE_NAME + "."):
+            return None
+        if fullname != _FACADE_NAME and fullname not in self.table:
+            if fullname not in self.packages:
+                raise _outside_surface(fullname)
+        is_package = fullname == _FACADE_NAME or fullname in self.packages
+        is_package = is_package or fullname in self._has_children
+        return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=is_package)
+
+    def module_for(self, name: str) -> types.ModuleType:
+        if name in self.table:
+            module = importlib.import_module(self.table[name])
+            if name in self._has_children and not hasattr(module, "__path__"):
+                # A module that the table maps children under must look like a package.
+                module.__path__ = []
+            return module
+        if name not in self._synthetic:
+            module_cls = _Facade if name == _FACADE_NAME else types.ModuleType
+            module = module_cls(name, "Part of vLLM's layout answered by the reference engine.")
+            module.__path__ = []
+            if name == _FACADE_NAME:
+                from reference._version import __version__
+
+                module.__version__ = __version__
+            self._synthetic[name] = module
+        return self._synthetic[name]
+
+
+def _installed_finder() -> SurfaceFinder | None:
+    return next((f for f in sys.meta_path if isinstance(f, SurfaceFinder)), None)
+
+
+def is_mounted() -> bool:
+    """Whether this process answers `import vllm` with the reference engine."""
+    return _installed_finder() is not None
+
+
+def mount() -> None:
+    """Make `import vllm...` answer with the reference engine in this process (idempotent).
+
+    Raises RuntimeError if a real vLLM was already imported here: the two cannot share a
+    process.
+    """
+    if is_mounted():
+        return
+    already = sys.modules.get(_FACADE_NAME)
+    if already is not None and not getattr(already, "__reference_shim__", False):
+        raise RuntimeError(
+            "Cannot mount the reference engine as `vllm`: a real vLLM "
+            f"({getattr(already, '__file__', '?')}) is already imported in this process. "
+            "Mount before anything imports vllm, or use `--engine vllm`."
+        )
+    sys.modules.pop(_FACADE_NAME, None)
+    sys.meta_path.insert(0, SurfaceFinder(SURFACE))
+    if SHIM_DIR not in sys.path:
+        # First, so that in a spawned child the shim wins over a real vLLM installed there.
+        sys.path.insert(0, SHIM_DIR)
+
+
+def unmount() -> None:
+    """Undo `mount()`: forget the finder and every `vllm` module it answered."""
+    finder = _installed_finder()
+    if finder is not None:
+        sys.meta_path.remove(finder)
+    for name in [n for n in sys.modules if n == _FACADE_NAME or n.startswith(_FACADE_NAME + ".")]:
+        del sys.modules[name]
+    while SHIM_DIR in sys.path:
+        sys.path.remove(SHIM_DIR)

@@ -1,0 +1,31 @@
+"""Shared helpers for the suite's own tests."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conformance.overlay import Overlay
+
+GENERAL = "vllm.general_plugins"
+PLATFORM = "vllm.platform_plugins"
+IO_PROCESSOR = "vllm.io_processor_plugins"
+STAT_LOGGER = "vllm.stat_logger_plugins"
+
+
+def add_plugin(
+    overlay: Overlay, dist: str, entry_points: dict[str, dict[str, str]], **modules: str
+) -> Overlay:
+    """Put an inline plugin in `overlay`: `modules` maps module names to (dedented) source."""
+    files = {f"{name.replace('.', '/')}.py": textwrap.dedent(src) for name, src in modules.items()}
+    return overlay.add_inline(dist, files, entry_points)
+
+
+@pytest.fixture
+def overlay(tmp_path) -> Overlay:
+    return Overlay(tmp_path / "overlay")
+
+
+def code(src: str) -> str:
+    return textwrap.dedent(src)

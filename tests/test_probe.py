@@ -1,0 +1,170 @@
+"""Probes come back with a result, in bounded time and memory, whatever the code does."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from conformance.overlay import Overlay
+from conformance.probe import run_probe
+from tests.conftest import GENERAL, add_plugin, code
+
+
+def test_values_and_timings_come_back():
+    result = run_probe("probe.result['answer'] = 6 * 7\n")
+    assert result.status == "ok"
+    assert result.values == {"answer": 42}
+    assert result.code_s is not None and 0 <= result.code_s <= result.wall_s
+
+
+def test_an_exception_is_reported_with_type_message_and_traceback():
+    result = run_probe("def plugin():\n    raise KeyError('boom')\nplugin()\n")
+    assert result.status == "raised"
+    assert result.exception["type"] == "KeyError"
+    assert result.exception["message"] == "'boom'"
+    assert "in plugin" in result.exception["traceback"]
+
+
+def test_system_exit_is_a_reported_exception_not_a_lost_probe():
+    result = run_probe("import sys\nprobe.result['before'] = 1\nsys.exit(3)\n")
+    assert result.status == "raised"
+    assert result.exception["type"] == "SystemExit"
+    assert result.values == {"before": 1}, "values stored before the exit are kept"
+
+
+def test_os_exit_is_a_crash_with_its_exit_code():
+    result = run_probe("import os\nos._exit(7)\n")
+    assert result.status == "crashed"
+    assert result.exit_code == 7
+    assert "exited with code 7" in result.describe()
+
+
+def test_a_segfault_is_a_crash_with_its_signal():
+    result = run_probe("import ctypes\nctypes.string_at(0)\n")
+    assert result.status == "crashed"
+    assert result.signal == 11
+    assert "SIGSEGV" in result.describe()
+
+
+def test_a_hang_is_killed_at_the_timeout():
+    result = run_probe("import time\ntime.sleep(60)\n", timeout=1.5)
+    assert result.status == "timeout"
+    assert result.wall_s < 10
+
+
+def test_a_hang_in_a_grandchild_process_is_killed_too():
+    result = run_probe(
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "import time\ntime.sleep(60)\n",
+        timeout=1.5,
+    )
+    assert result.status == "timeout"
+
+
+def test_100_mb_of_output_is_cut_off_in_bounded_time_and_memory():
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_probe(
+        "import sys\nchunk = 'x' * 1048576\nfor _ in range(100):\n    sys.stdout.write(chunk)\n",
+        timeout=30,
+        output_limit=8 * 1024 * 1024,
+    )
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert result.status == "flooded"
+    assert len(result.stdout_tail) <= 4096
+    assert after - before < 64 * 1024, "the parent must not buffer the flood (ru_maxrss in KiB)"
+
+
+def test_output_under_the_limit_keeps_its_tail():
+    result = run_probe("print('hello from the plugin')\n")
+    assert result.ok
+    assert result.stdout_tail.strip() == "hello from the plugin"
+
+
+def test_a_keyboard_interrupt_raised_by_code_is_reported():
+    result = run_probe("raise KeyboardInterrupt('plugin pressed ctrl-c')\n")
+    assert result.status == "raised" and result.exception["type"] == "KeyboardInterrupt"
+
+
+def test_a_non_daemon_thread_does_not_hang_the_probe():
+    result = run_probe(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "probe.result['started'] = True\n",
+        timeout=20,
+    )
+    assert result.status == "ok" and result.wall_s < 15
+
+
+def test_vllm_log_records_are_captured_at_every_level():
+    result = run_probe(
+        "import logging\nlog = logging.getLogger('vllm.someplugin')\n"
+        "log.debug('d')\nlog.warning('w %s', 1)\n"
+    )
+    assert [(r["level"], r["message"]) for r in result.records] == [
+        ("DEBUG", "d"),
+        ("WARNING", "w 1"),
+    ]
+
+
+def test_the_environment_is_given_and_inherited_vllm_variables_are_dropped(monkeypatch):
+    monkeypatch.setenv("VLLM_PLUGINS", "inherited")
+    monkeypatch.setenv("SOME_OTHER", "kept")
+    body = (
+        "import os\nprobe.result['env'] = [os.environ.get(k) for k in "
+        "('VLLM_PLUGINS', 'SOME_OTHER', 'VLLM_TARGET_DEVICE')]\n"
+    )
+    dropped = run_probe(body, env={"VLLM_TARGET_DEVICE": "cpu"})
+    inherited = run_probe(body, inherit_vllm_env=True, env={"SOME_OTHER": None})
+    assert dropped.values["env"] == [None, "kept", "cpu"]
+    assert inherited.values["env"] == ["inherited", None, None]
+
+
+def test_exclusive_probes_hide_plugins_installed_outside_the_overlay(overlay, tmp_path):
+    outside = add_plugin(
+        Overlay(tmp_path / "site"),
+        "installed",
+        {GENERAL: {"out": "out_mod:f"}},
+        out_mod="def f(): pass\n",
+    )
+    add_plugin(overlay, "in-overlay", {GENERAL: {"in": "in_mod:f"}}, in_mod="def f(): pass\n")
+    body = "import vllm.plugins as p\nprobe.result['names'] = sorted(p.load_plugins_by_group(p.DEFAULT_PLUGINS_GROUP))\n"
+    env = {"PYTHONPATH": outside.path + ":" + str(__import__("pathlib").Path(__file__).parents[1])}
+    exclusive = run_probe(body, overlay=overlay, env=env)
+    shared = run_probe(body, overlay=overlay, env=env, exclusive=False)
+    assert exclusive.values["names"] == ["in"]
+    assert shared.values["names"] == ["in", "out"]
+
+
+def test_an_unknown_engine_is_a_usage_error():
+    with pytest.raises(ValueError, match="Unknown engine 'tgi'"):
+        run_probe("pass", engine="tgi")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="a real vLLM is installed")
+def test_engine_vllm_without_vllm_installed_is_a_setup_failure():
+    result = run_probe("pass", engine="vllm")
+    assert result.status == "setup-failed"
+    assert "could not set up the engine" in result.describe()
+
+
+def test_results_are_json_even_for_unserialisable_values():
+    result = run_probe("probe.result['obj'] = object()\n")
+    assert result.ok and result.values["obj"].startswith("<object object")
+
+
+def test_the_probe_runs_the_same_interpreter():
+    result = run_probe("import sys\nprobe.result['exe'] = sys.executable\n")
+    assert result.values["exe"] == sys.executable
+
+
+def test_probe_code_sees_the_overlay_first(overlay):
+    add_plugin(overlay, "shadow", {}, colorsys="SHADOW = True\n")
+    result = run_probe(
+        code("import colorsys\nprobe.result['shadowed'] = getattr(colorsys, 'SHADOW', False)\n"),
+        overlay=overlay,
+    )
+    assert result.values == {"shadowed": True}
