@@ -28,15 +28,14 @@ class OverlayError(ValueError):
 
 
 def fixtures_root() -> Path:
-    """Where the bundled fixture plugins live: `./fixtures` in a checkout, else in the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "fixtures", here / "fixtures"):
-        if (candidate / "__init__.py").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"The bundled fixture plugins were not found next to {here}; reinstall "
-        "vllm-plugin-conformance."
-    )
+    """Where the bundled fixture plugins live (`conformance/fixtures`, a link in a checkout)."""
+    root = Path(__file__).resolve().parent / "fixtures"
+    if not (root / "__init__.py").is_file():
+        raise FileNotFoundError(
+            f"The bundled fixture plugins were not found at {root}; reinstall "
+            "vllm-plugin-conformance."
+        )
+    return root
 
 
 def fixture_names() -> list[str]:

@@ -184,3 +184,11 @@ def load_endpoint_plugins(supported_tasks: tuple[str, ...] | None = None) -> lis
         logger.info("Loaded endpoint plugin %s", name)
         loaded.append(plugin)
     return loaded
+
+
+# vLLM ships this general plugin as an entry point of its own distribution.
+register_builtin_plugin(
+    DEFAULT_PLUGINS_GROUP,
+    "lora_filesystem_resolver",
+    "reference.lora.filesystem_resolver:register_filesystem_resolver",
+)

@@ -18,6 +18,7 @@ from typing import Any
 
 #: `vllm` module path → the reference module that answers it.
 SURFACE: dict[str, str] = {
+    # core: loader, platforms, configuration
     "vllm.envs": "reference.envs",
     "vllm.logger": "reference.logger",
     "vllm.plugins": "reference.plugins",
@@ -27,9 +28,40 @@ SURFACE: dict[str, str] = {
     "vllm.platforms.cuda": "reference.platforms.cuda",
     "vllm.utils": "reference.utils",
     "vllm.utils.import_utils": "reference.utils",
+    "vllm.config": "reference.config",
     "vllm.distributed.device_communicators.base_device_communicator": "reference.distributed",
     "vllm.v1.attention.selector": "reference.attention",
     "vllm.v1.attention.backends.registry": "reference.attention",
+    # requests and results
+    "vllm.sampling_params": "reference.sampling_params",
+    "vllm.pooling_params": "reference.pooling_params",
+    "vllm.inputs": "reference.inputs",
+    "vllm.outputs": "reference.outputs",
+    # models and custom ops (torch)
+    "vllm.model_executor.models": "reference.models",
+    "vllm.model_executor.models.registry": "reference.models.registry",
+    "vllm.model_executor.models.llama": "reference.models.llama",
+    "vllm.model_executor.models.opt": "reference.models.opt",
+    "vllm.model_executor.models.gpt2": "reference.models.gpt2",
+    "vllm.model_executor.custom_op": "reference.ops.custom_op",
+    "vllm.model_executor.layers.rotary_embedding": "reference.ops.rotary_embedding",
+    "vllm.model_executor.layers.layernorm": "reference.ops.layernorm",
+    "vllm.model_executor.layers.activation": "reference.ops.activation",
+    # stat loggers
+    "vllm.v1.metrics.loggers": "reference.metrics",
+    "vllm.v1.metrics.stats": "reference.metrics",
+    # IO processors
+    "vllm.plugins.io_processors": "reference.io_processors",
+    "vllm.plugins.io_processors.interface": "reference.io_processors",
+    # LoRA
+    "vllm.lora.request": "reference.lora.request",
+    "vllm.lora.resolver": "reference.lora.resolver",
+    "vllm.plugins.lora_resolvers.filesystem_resolver": "reference.lora.filesystem_resolver",
+    # logits processors: the V1 interface and the Model Runner V2 one
+    "vllm.v1.sample.logits_processor": "reference.logits.v1",
+    "vllm.v1.sample.logits_processor.interface": "reference.logits.v1",
+    "vllm.v1.sample.logits_processor.builtin": "reference.logits.v1",
+    "vllm.v1.worker.gpu.sample.logits_processor": "reference.logits.v2",
 }
 
 _FACADE_NAME = "vllm"

@@ -15,10 +15,12 @@ def test_every_mapped_path_is_the_same_module_object():
             """
             import importlib
             from reference.surface import SURFACE
-            probe.result["mismatches"] = [
-                path for path, target in SURFACE.items()
-                if importlib.import_module(path) is not importlib.import_module(target)
-            ]
+            def same(path, target):
+                try:
+                    return importlib.import_module(path) is importlib.import_module(target)
+                except ModuleNotFoundError as exc:
+                    return exc.name == "torch"  # torch-backed parts need the engine extra
+            probe.result["mismatches"] = [p for p, t in SURFACE.items() if not same(p, t)]
             import vllm.plugins, reference.plugins
             probe.result["attr"] = vllm.plugins is reference.plugins
             """
@@ -28,14 +30,23 @@ def test_every_mapped_path_is_the_same_module_object():
     assert result.values == {"mismatches": [], "attr": True}
 
 
+def _import_target(target):
+    """Import a table target; None where it needs torch and torch is absent."""
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name == "torch":
+            return None
+        raise
+
+
 def test_the_table_targets_exist_and_synthetic_packages_shadow_nothing():
     """A synthetic package bound on a real module must not hide one of its attributes."""
-    for target in set(SURFACE.values()):
-        importlib.import_module(target)
+    for target in sorted(set(SURFACE.values())):
+        _import_target(target)
     for package in _intermediate_packages(SURFACE):
         parent, child = package.rsplit(".", 1)
-        if parent in SURFACE:
-            module = importlib.import_module(SURFACE[parent])
+        if parent in SURFACE and (module := _import_target(SURFACE[parent])) is not None:
             assert not hasattr(module, child), (
                 f"{package} would overwrite {SURFACE[parent]}.{child}"
             )

@@ -1,0 +1,171 @@
+"""The engine configuration (`VllmConfig` and its parts) that plugins receive.
+
+Only the fields the plugin contract touches are modelled. Building a `VllmConfig` applies
+the platform's defaults and `check_and_update_config`, as vLLM 0.32's `__post_init__` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class HfConfig:
+    """A model's `config.json`, with attribute access and `to_dict()` like transformers'."""
+
+    def __init__(self, values: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.__dict__.update(values or {})
+        self.__dict__.update(kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> HfConfig:
+        path = Path(model_dir) / "config.json"
+        try:
+            return cls(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{model_dir} has no config.json; the reference engine loads local Hugging Face "
+                "checkpoints only (no hub downloads)."
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def __repr__(self) -> str:
+        return f"HfConfig({self.__dict__!r})"
+
+
+@dataclass
+class ModelConfig:
+    model: str = ""
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    hf_config: HfConfig = field(default_factory=HfConfig)
+    io_processor_plugin: str | None = None
+    logits_processors: list[str | type] | None = None
+    runner_type: str = "generate"
+    enforce_eager: bool = True
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.hf_config.get("architectures") or [])
+
+    @property
+    def is_pooling_model(self) -> bool:
+        return self.runner_type == "pooling"
+
+
+@dataclass
+class CacheConfig:
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    num_cpu_blocks: int | None = None
+    cache_dtype: str = "auto"
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+    worker_cls: str = "auto"
+    worker_extension_cls: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+
+
+@dataclass
+class DeviceConfig:
+    device: str = "auto"
+
+
+@dataclass
+class LoadConfig:
+    load_format: str = "auto"
+
+
+@dataclass
+class LoRAConfig:
+    max_loras: int = 1
+    max_lora_rank: int = 16
+
+
+@dataclass
+class CompilationConfig:
+    custom_ops: list[str] = field(default_factory=list)
+    level: int = 0
+
+
+@dataclass
+class ObservabilityConfig:
+    collect_detailed_traces: list[str] | None = None
+
+
+@dataclass
+class VllmConfig:
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    device_config: DeviceConfig = field(default_factory=DeviceConfig)
+    load_config: LoadConfig = field(default_factory=LoadConfig)
+    lora_config: LoRAConfig | None = None
+    compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
+    observability_config: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    speculative_config: Any = None
+    additional_config: dict[str, Any] = field(default_factory=dict)
+    use_v2_model_runner: bool | None = None
+
+    def __post_init__(self) -> None:
+        from reference.platforms import current_platform
+
+        if self.use_v2_model_runner is None:
+            from reference.logits import default_use_v2_model_runner
+
+            self.use_v2_model_runner = default_use_v2_model_runner(self)
+        current_platform.apply_config_platform_defaults(self)
+        current_platform.check_and_update_config(self)
+
+
+_current_vllm_config: VllmConfig | None = None
+
+
+def get_current_vllm_config() -> VllmConfig:
+    """The config of the engine being built (a default one outside any engine)."""
+    return _current_vllm_config if _current_vllm_config is not None else VllmConfig()
+
+
+class set_current_vllm_config:  # noqa: N801  (vLLM's name; used as a context manager)
+    """`with set_current_vllm_config(cfg):` makes `cfg` current while layers are built."""
+
+    def __init__(self, vllm_config: VllmConfig) -> None:
+        self.vllm_config = vllm_config
+        self._previous: VllmConfig | None = None
+
+    def __enter__(self) -> VllmConfig:
+        global _current_vllm_config
+        self._previous, _current_vllm_config = _current_vllm_config, self.vllm_config
+        return self.vllm_config
+
+    def __exit__(self, *exc: object) -> None:
+        global _current_vllm_config
+        _current_vllm_config = self._previous
