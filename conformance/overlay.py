@@ -49,7 +49,7 @@ def normalize_dist_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _read_project(project_dir: Path) -> tuple[str, str, list[str], dict[str, dict[str, str]]]:
+def read_project(project_dir: Path) -> tuple[str, str, list[str], dict[str, dict[str, str]]]:
     pyproject = project_dir / "pyproject.toml"
     if not pyproject.is_file():
         raise OverlayError(f"{project_dir} has no pyproject.toml; a plugin project needs one.")
@@ -94,7 +94,7 @@ class Overlay:
     def add_project(self, project_dir: str | Path) -> Overlay:
         """Add a plugin project (a pyproject.toml beside its top-level packages)."""
         project_dir = Path(project_dir)
-        name, version, requires, entry_points = _read_project(project_dir)
+        name, version, requires, entry_points = read_project(project_dir)
         copied = False
         for child in sorted(project_dir.iterdir()):
             if child.is_dir() and (child / "__init__.py").is_file():

@@ -20,10 +20,12 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conformance.overlay import normalize_dist_name
 
 ENGINES = ("reference", "vllm")
 DEFAULT_TIMEOUT_S = 60.0
@@ -152,6 +154,7 @@ def run_probe(
     env: Mapping[str, str | None] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     exclusive: bool = True,
+    visible: Sequence[str] = (),
     inherit_vllm_env: bool = False,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> ProbeResult:
@@ -163,8 +166,9 @@ def run_probe(
 
     `overlay` is an `Overlay`, a path, or a list of them (first wins); `env` entries set (or,
     with `None`, remove) variables; inherited `VLLM_*` variables are dropped unless
-    `inherit_vllm_env`. With `exclusive`, only the overlay's distributions (and the engine's
-    own) contribute `vllm.*` entry points, so other installed plugins cannot change the outcome.
+    `inherit_vllm_env`. With `exclusive`, only the overlay's distributions, the engine's own
+    and the installed distributions named in `visible` contribute `vllm.*` entry points, so
+    other installed plugins cannot change the outcome.
     """
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
@@ -178,6 +182,7 @@ def run_probe(
             "engine": engine,
             "sys_path": overlay_paths,
             "exclusive": exclusive,
+            "visible": sorted(normalize_dist_name(name) for name in visible),
         }
         scenario_path.write_text(json.dumps(scenario), encoding="utf-8")
         cmd = [sys.executable, "-m", "conformance.probe", str(scenario_path), str(result_path)]
@@ -265,19 +270,22 @@ class ProbeContext:
         return list(self._capture.records[since:])
 
 
-def _restrict_discovery(overlay_paths: list[str]) -> None:
+def _restrict_discovery(overlay_paths: list[str], visible: list[str]) -> None:
     """Hide `vllm.*` entry points of distributions outside the overlay (and the engine)."""
     from importlib import metadata
 
     original = metadata.distributions
     roots = [os.path.realpath(p) for p in overlay_paths]
+    kept = ENGINE_DISTRIBUTIONS | set(visible)
 
     def admitted(dist: Any) -> bool:
         location = os.path.realpath(str(getattr(dist, "_path", "")))
         if any(location.startswith(root + os.sep) for root in roots):
             return True
-        name = getattr(dist, "_normalized_name", None) or ""
-        if name in ENGINE_DISTRIBUTIONS:
+        name = getattr(dist, "_normalized_name", None) or normalize_dist_name(
+            dist.metadata["Name"] or ""
+        )
+        if name in kept:
             return True
         text = dist.read_text("entry_points.txt") or ""
         return "[vllm." not in text
@@ -317,7 +325,7 @@ def _child_main(scenario_path: str, result_path: str) -> None:
     for path in reversed(scenario["sys_path"]):
         sys.path.insert(0, path)
     if scenario["exclusive"]:
-        _restrict_discovery(scenario["sys_path"])
+        _restrict_discovery(scenario["sys_path"], scenario["visible"])
     status, exception, capture = "ok", None, _Capture()
     probe = ProbeContext(capture)
     started = time.perf_counter()

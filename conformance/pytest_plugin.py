@@ -1,19 +1,245 @@
 """The pytest plugin (`pytest11` entry point `vllm_conformance`).
 
-It gives tests — the suite's own and plugin authors' — fixtures to build overlays and run
-probes. It changes nothing in a session that does not use them.
+`pytest --plugin-under-test=DIST` collects the check catalog for DIST (from any directory;
+with no paths, only the suite) as items `vllm-conformance::<check id>[<group>:<name>]`.
+Without the option the plugin only offers the fixtures `conformance_overlay` and
+`conformance_probe` and changes nothing else.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conformance.checks import load_catalog
+from conformance.context import Session
 from conformance.overlay import Overlay
-from conformance.probe import ProbeResult, run_probe
+from conformance.probe import ENGINES, ProbeResult, run_probe
+from conformance.report import build_report, engine_info, plugin_subject, write_reports
+from conformance.runner import CheckResult, Planned, plan, read_expected_failures, run_planned
+from conformance.target import TargetError, resolve_target
+
+ENV_VAR = "VLLM_CONFORMANCE_PLUGIN"
+COLLECTOR_NAME = "vllm-conformance"
+_STATE = pytest.StashKey["_RunState"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vllm-conformance", "vLLM plugin conformance")
+    group.addoption(
+        "--plugin-under-test",
+        metavar="DIST",
+        help="certify this plugin distribution (installed name, project path or bundled "
+        f"fixture); also the ini key plugin_under_test and ${ENV_VAR}",
+    )
+    group.addoption(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="the engine that answers `import vllm` in probes (default: reference)",
+    )
+    group.addoption(
+        "--expected-failures",
+        metavar="FILE",
+        help='TOML (or JSON) table: "check.id" or "check.id[group:name]" = "reason"',
+    )
+    group.addoption(
+        "--conformance-report",
+        metavar="DIR",
+        help="write conformance-report.json and conformance-report.md into DIR",
+    )
+    group.addoption(
+        "--certify",
+        action="store_true",
+        default=False,
+        help="a certification run: no deselection, no expected failures",
+    )
+    parser.addini("plugin_under_test", "distribution to certify (like --plugin-under-test)")
+    parser.addini("conformance_engine", "engine for probes (like --engine)", default="reference")
+
+
+class _RunState:
+    """Per-process state of a conformance run."""
+
+    def __init__(self, config: pytest.Config, spec: str) -> None:
+        self.spec = spec
+        try:
+            self.target = resolve_target(spec)
+        except TargetError as exc:
+            raise pytest.UsageError(f"--plugin-under-test: {exc}") from None
+        self.engine = config.getoption("engine") or config.getini("conformance_engine")
+        if self.engine not in ENGINES:
+            raise pytest.UsageError(f"Unknown engine {self.engine!r}; expected one of {ENGINES}.")
+        self.session = Session(self.target, self.engine)
+        self.certify = bool(config.getoption("certify"))
+        self.expected = _read_expected_failures(config.getoption("expected_failures"))
+        self.results: dict[str, CheckResult] = {}
+        self.report_path: str | None = None
+
+    def planned(self) -> list[Planned]:
+        return plan(self.target, self.session.contract)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Runs on the xdist controller too: worker reports arrive with their user_properties.
+        for key, value in getattr(report, "user_properties", ()):
+            if key == "conformance":
+                result = CheckResult(**json.loads(value))
+                self.results[f"{result.id}[{result.entry_point}]"] = result
+
+
+def _read_expected_failures(path: str | None) -> dict[str, str]:
+    try:
+        return read_expected_failures(path)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--expected-failures: {exc}") from None
+
+
+def _spec(config: pytest.Config) -> str | None:
+    return (
+        config.getoption("plugin_under_test")
+        or config.getini("plugin_under_test")
+        or os.environ.get(ENV_VAR)
+        or None
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance: a vllm-conformance catalog check")
+    spec = _spec(config)
+    if not spec:
+        return
+    state = _RunState(config, spec)
+    if state.certify:
+        if state.expected:
+            raise pytest.UsageError("--certify allows no --expected-failures.")
+        if (
+            config.getoption("keyword")
+            or config.getoption("markexpr")
+            or config.getoption("deselect", None)
+        ):
+            raise pytest.UsageError("--certify allows no deselection (-k, -m, --deselect).")
+    known = {p.item_id for p in state.planned()} | set(load_catalog())
+    for key in sorted(set(state.expected) - known):
+        warnings.warn(
+            f"--expected-failures names {key!r}, which is no check of this run", stacklevel=1
+        )
+    config.stash[_STATE] = state
+    config.pluginmanager.register(state, "vllm-conformance-run")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None:
+        state.target.cleanup()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return []
+    t = state.target
+    lines = [
+        f"vllm-conformance: plugin {t.name} {t.version or '?'} ({t.source}); engine "
+        f"{state.engine} (contract {state.session.contract}); certify={state.certify}"
+    ]
+    lines += [f"  entry point {ep.group}: {ep.name} = {ep.value}" for ep in t.vllm_entry_points]
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
+    lines.append(
+        "  VLLM_* environment: " + (", ".join(f"{k}={v!r}" for k, v in env.items()) or "none")
+    )
+    return lines
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # With --plugin-under-test and no paths, the run is the suite alone, from any directory.
+    if (
+        config.stash.get(_STATE, None) is not None
+        and config.args_source != pytest.Config.ArgsSource.ARGS
+    ):
+        return True
+    return None
+
+
+class ConformanceWarning(UserWarning):
+    """A recommended check failed."""
+
+
+class CheckItem(pytest.Item):
+    def __init__(self, *, planned: Planned, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+        self.add_marker(pytest.mark.conformance)
+
+    def runtest(self) -> None:
+        state: _RunState = self.config.stash[_STATE]
+        result = run_planned(state.session, self.planned, state.expected)
+        self.user_properties.append(("conformance", json.dumps(result.to_json())))
+        if result.status == "failed" and result.level == "recommended":
+            # Recommended checks warn: they never fail the run or the certification.
+            warnings.warn(ConformanceWarning(result.message), stacklevel=1)
+            return
+        if result.status in ("failed", "error"):
+            pytest.fail(result.message, pytrace=False)
+        if result.status == "skipped":
+            pytest.skip(result.message)
+        if result.status == "xfailed":
+            pytest.xfail(result.message)
+
+    def reportinfo(self) -> tuple[str, int, str]:
+        return (COLLECTOR_NAME, 0, self.name)
+
+
+class CatalogCollector(pytest.Collector):
+    def collect(self) -> list[pytest.Item]:
+        state: _RunState = self.config.stash[_STATE]
+        return [
+            CheckItem.from_parent(self, name=planned.item_id, planned=planned)
+            for planned in state.planned()
+        ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.stash.get(_STATE, None) is None:
+        return
+    collector = CatalogCollector.from_parent(session, name=COLLECTOR_NAME, nodeid=COLLECTOR_NAME)
+    items.extend(collector.collect())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(_STATE, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    directory = config.getoption("conformance_report")
+    results = [state.results[key] for key in sorted(state.results)]
+    if directory:
+        report = build_report(
+            plugin_subject(state.target), engine_info(state.engine, state.session.contract), results
+        )
+        json_path, _ = write_reports(report, directory)
+        state.report_path = str(json_path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    from conformance.runner import verdict
+
+    results = list(state.results.values())
+    terminalreporter.write_sep("=", "vllm-conformance")
+    terminalreporter.write_line(f"{state.target.name}: {verdict(results)} ({len(results)} checks)")
+    if state.report_path:
+        terminalreporter.write_line(f"report: {state.report_path}")
 
 
 @pytest.fixture

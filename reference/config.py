@@ -154,7 +154,7 @@ def get_current_vllm_config() -> VllmConfig:
     return _current_vllm_config if _current_vllm_config is not None else VllmConfig()
 
 
-class set_current_vllm_config:  # noqa: N801  (vLLM's name; used as a context manager)
+class set_current_vllm_config:
     """`with set_current_vllm_config(cfg):` makes `cfg` current while layers are built."""
 
     def __init__(self, vllm_config: VllmConfig) -> None:

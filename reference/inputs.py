@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, Union
+from typing import Any, TypedDict
 
 
 class _MultiModal(TypedDict, total=False):
@@ -17,4 +17,4 @@ class TokensPrompt(_MultiModal):
     prompt_token_ids: list[int]
 
 
-PromptType = Union[str, TextPrompt, TokensPrompt]
+PromptType = str | TextPrompt | TokensPrompt

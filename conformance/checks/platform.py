@@ -1,0 +1,1 @@
+"""platform checks (being written)."""

@@ -1,0 +1,1 @@
+"""stat_logger checks (being written)."""

@@ -1,0 +1,147 @@
+"""Reports: `conformance-report.json` (schema 1), `conformance-report.md` and a console table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as host
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from conformance import __version__ as HARNESS_VERSION
+from conformance.runner import STATUSES, CheckResult, verdict
+from conformance.target import Target
+
+SCHEMA = 1
+JSON_NAME = "conformance-report.json"
+MARKDOWN_NAME = "conformance-report.md"
+
+
+def _torch_version() -> str | None:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    from reference.platforms.cuda import cuda_device_count
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": host.platform(),
+        "torch": _torch_version(),
+        "cuda": cuda_device_count() > 0,
+    }
+
+
+def build_report(
+    subject: dict[str, Any], engine: dict[str, str], results: Sequence[CheckResult]
+) -> dict[str, Any]:
+    """The JSON report of design.md §3, schema 1."""
+    summary: dict[str, Any] = {status: 0 for status in STATUSES}
+    for r in results:
+        summary[r.status] += 1
+    summary["verdict"] = verdict(results)
+    return {
+        "schema": SCHEMA,
+        "subject": subject,
+        "engine": engine,
+        "environment": environment(),
+        "harness": {"version": HARNESS_VERSION},
+        "checks": [r.to_json() for r in results],
+        "summary": summary,
+    }
+
+
+def plugin_subject(target: Target) -> dict[str, Any]:
+    return {
+        "kind": "plugin",
+        "distribution": target.name,
+        "version": target.version,
+        "entry_points": [ep.to_json() for ep in target.vllm_entry_points],
+    }
+
+
+def engine_info(name: str, contract: str) -> dict[str, str]:
+    if name == "reference":
+        from reference import __version__ as version
+    else:
+        version = contract
+    return {"name": name, "version": version, "contract": contract}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Readable in ten seconds: verdict and counts first, then failures with their messages."""
+    subject, summary = report["subject"], report["summary"]
+    title = subject["distribution"] or "engine"
+    counts = ", ".join(f"{summary[s]} {s}" for s in STATUSES if summary[s])
+    lines = [
+        f"# Conformance report: {title} {subject.get('version') or ''}".rstrip(),
+        "",
+        f"**Verdict: {summary['verdict']}** — {counts or 'no checks'}",
+        "",
+        f"Engine: {report['engine']['name']} {report['engine']['version']} (contract "
+        f"{report['engine']['contract']}); harness {report['harness']['version']}; Python "
+        f"{report['environment']['python']}.",
+        "",
+    ]
+    bad = [c for c in report["checks"] if c["status"] in ("failed", "error", "xpassed")]
+    if bad:
+        lines += ["## Failures", ""]
+        for c in sorted(bad, key=lambda c: (c["level"] != "required", c["id"])):
+            where = f" `{c['entry_point']}`" if c["entry_point"] else ""
+            lines += [f"### {c['status'].upper()} ({c['level']}) `{c['id']}`{where}", "", "```"]
+            lines += [c["message"], "```", ""]
+    lines += [
+        "## All checks",
+        "",
+        "| check | entry point | level | status | s |",
+        "|---|---|---|---|---:|",
+    ]
+    for c in report["checks"]:
+        ep = c["entry_point"] or "—"
+        lines.append(
+            f"| `{c['id']}` | {ep} | {c['level']} | {c['status']} | {c['duration_s']:.2f} |"
+        )
+    skipped = [c for c in report["checks"] if c["status"] == "skipped"]
+    if skipped:
+        lines += ["", "## Capability skips", ""]
+        lines += [f"- `{c['id']}` {c['entry_point'] or ''}: {c['message']}" for c in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:
+    """Write the JSON and Markdown reports into `directory` (created), each atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / JSON_NAME, directory / MARKDOWN_NAME
+    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+    _atomic_write(md_path, render_markdown(report))
+    return json_path, md_path
+
+
+def render_console(results: Sequence[CheckResult]) -> str:
+    """One line per check, then the counts and the verdict."""
+    rows = [(r.status.upper(), r.level, r.id, r.entry_point or "") for r in results]
+    widths = [max([len(row[i]) for row in rows] + [0]) for i in range(4)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    for r in results:
+        if r.status in ("failed", "error", "xpassed"):
+            lines += ["", r.message]
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" — {verdict(results)}"]
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Run the catalog on a target: plan which checks apply, run them, and classify outcomes.
+
+The CLI calls `run_checks` directly; the pytest plugin runs the same planned items one by
+one through `run_planned`, so both fronts judge a plugin identically.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from conformance.checks import CapabilitySkip, Check, CheckFailed, load_catalog
+from conformance.context import CheckContext, Session
+from conformance.target import EntryPointInfo, Target
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One check applied to one entry point (or to the whole target)."""
+
+    check: Check
+    entry_point: EntryPointInfo | None
+
+    @property
+    def item_id(self) -> str:
+        """Stable, sorted, junit-safe id: `check.id[group:name]` or just `check.id`."""
+        return f"{self.check.id}[{self.entry_point.key}]" if self.entry_point else self.check.id
+
+
+@dataclass
+class CheckResult:
+    id: str
+    group: str
+    entry_point: str | None
+    level: str
+    status: str
+    message: str
+    duration_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def plan(
+    target: Target, contract: str, catalog: Mapping[str, Check] | None = None
+) -> list[Planned]:
+    """Every (check, entry point) pair that judges `target` on an engine of `contract`."""
+    catalog = load_catalog() if catalog is None else catalog
+    planned: list[Planned] = []
+    for check in catalog.values():
+        if check.group == "engine" or not check.applies_to_contract(contract):
+            continue
+        if check.per_entry_point:
+            for ep in target.entry_points_of(check.entry_point_group or ""):
+                planned.append(Planned(check, ep))
+        else:
+            planned.append(Planned(check, None))
+    return sorted(planned, key=lambda p: p.item_id)
+
+
+def _with_fix(check: Check, message: str) -> str:
+    return f"[{check.id}] {message.rstrip()}\nRule: {check.title}.\nFix: {check.fix}"
+
+
+def run_planned(
+    session: Session, item: Planned, expected_failures: Mapping[str, str] | None = None
+) -> CheckResult:
+    """Run one planned check and classify its outcome (expected failures applied)."""
+    check = item.check
+    started = time.perf_counter()
+    try:
+        check.func(CheckContext(session, check, item.entry_point))
+        status, message = "passed", ""
+    except CheckFailed as exc:
+        status, message = "failed", _with_fix(check, str(exc))
+    except CapabilitySkip as exc:
+        status, message = "skipped", f"capability skip: {exc}"
+    except Exception:
+        status = "error"
+        message = f"[{check.id}] the check itself crashed:\n{traceback.format_exc()}"
+    reason = _expected_reason(item, expected_failures or {})
+    if reason is not None:
+        if status in ("failed", "error"):
+            status, message = "xfailed", f"expected failure ({reason}): {message}"
+        elif status == "passed":
+            status, message = "xpassed", f"listed as an expected failure ({reason}) but passed"
+    return CheckResult(
+        id=check.id,
+        group=check.group,
+        entry_point=item.entry_point.key if item.entry_point else None,
+        level=check.level,
+        status=status,
+        message=message,
+        duration_s=round(time.perf_counter() - started, 4),
+    )
+
+
+def _expected_reason(item: Planned, expected: Mapping[str, str]) -> str | None:
+    return expected.get(item.item_id, expected.get(item.check.id))
+
+
+def run_checks(
+    target: Target,
+    engine: str = "reference",
+    expected_failures: Mapping[str, str] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
+    """Run every applicable check on `target` and return the results in plan order."""
+    session = Session(target, engine)
+    results = []
+    with target:
+        for item in plan(target, session.contract):
+            result = run_planned(session, item, expected_failures)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results
+
+
+def verdict(results: Iterable[CheckResult]) -> str:
+    """`certified` unless a required check failed, errored, or is an expected failure."""
+    for r in results:
+        if r.level == "required" and r.status in ("failed", "error", "xfailed", "xpassed"):
+            return "not-certified"
+    return "certified"
+
+
+def read_expected_failures(path: str | Path | None) -> dict[str, str]:
+    """Read `"check.id" = "reason"` (or `"check.id[group:name]"`) from a TOML or JSON file.
+
+    Raises ValueError naming the file and the problem; every entry needs a non-empty reason.
+    """
+    if not path:
+        return {}
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a table of check id -> reason.")
+    bad = sorted(k for k, v in data.items() if not isinstance(v, str) or not v.strip())
+    if bad:
+        raise ValueError(f"{file}: every entry needs a reason string; fix {bad}.")
+    return dict(data)
