@@ -57,9 +57,15 @@ class Session:
     target: Target
     engine: str = "reference"
     timeout: float = DEFAULT_CHECK_TIMEOUT_S
+    #: Code run after the engine is mounted and before each engine scenario: how the harness's
+    #: own tests break an engine on purpose (the engine mutants).
+    engine_patch: str = ""
     _contract: str | None = field(default=None, repr=False)
     _facts: dict[str, Any] | None = field(default=None, repr=False)
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Entry points whose code already hung a probe: later probes of them fail at once, so a
+    #: hanging plugin costs one timeout, not one per check.
+    _hung: dict[str, ProbeResult] = field(default_factory=dict, repr=False)
 
     def memo(self, key: str, compute: Any) -> Any:
         """`compute()` once per session for `key` (probes that several checks read)."""
@@ -109,6 +115,8 @@ class Session:
             probe.result["entry_points"] = facts
             """
             result = self.probe(code)
+            if result.status == "timeout":
+                self._hung["<target>"] = result
             self._facts = {"probe": result, **result.values}
         return self._facts
 
@@ -135,11 +143,17 @@ class CheckContext:
         `EP_GROUP`, `EP_NAME` and `EP_VALUE` name this check's entry point, and
         `target_entry_point(group, name)` / `describe(obj)` are in scope.
         """
-        header = ""
+        header, key = "", "<target>"
         if self.entry_point is not None:
             ep = self.entry_point
             header = f"EP_GROUP, EP_NAME, EP_VALUE = {ep.group!r}, {ep.name!r}, {ep.value!r}\n"
-        return self.session.probe(header + textwrap.dedent(code), **kwargs)
+            key = ep.key
+        if key in self.session._hung:
+            return self.session._hung[key]
+        result = self.session.probe(header + textwrap.dedent(code), **kwargs)
+        if result.status == "timeout":
+            self.session._hung[key] = result
+        return result
 
     def fact(self) -> dict[str, Any]:
         """The shared facts of this check's entry point (`loaded`, `kind`, `mro`, …)."""

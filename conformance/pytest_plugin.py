@@ -55,6 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write conformance-report.json and conformance-report.md into DIR",
     )
     group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds one probe may run (default 60)",
+    )
+    group.addoption(
         "--certify",
         action="store_true",
         default=False,
@@ -77,6 +84,9 @@ class _RunState:
         if self.engine not in ENGINES:
             raise pytest.UsageError(f"Unknown engine {self.engine!r}; expected one of {ENGINES}.")
         self.session = Session(self.target, self.engine)
+        timeout = config.getoption("conformance_timeout")
+        if timeout is not None:
+            self.session.timeout = timeout
         self.certify = bool(config.getoption("certify"))
         self.expected = _read_expected_failures(config.getoption("expected_failures"))
         self.results: dict[str, CheckResult] = {}
@@ -126,8 +136,11 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError("--certify allows no deselection (-k, -m, --deselect).")
     known = {p.item_id for p in state.planned()} | set(load_catalog())
     for key in sorted(set(state.expected) - known):
-        warnings.warn(
-            f"--expected-failures names {key!r}, which is no check of this run", stacklevel=1
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"--expected-failures names {key!r}, which is no check of this run"
+            ),
+            stacklevel=2,
         )
     config.stash[_STATE] = state
     config.pluginmanager.register(state, "vllm-conformance-run")

@@ -67,6 +67,10 @@ def plugin_subject(target: Target) -> dict[str, Any]:
     }
 
 
+def engine_subject() -> dict[str, Any]:
+    return {"kind": "engine", "distribution": None, "version": None, "entry_points": []}
+
+
 def engine_info(name: str, contract: str) -> dict[str, str]:
     if name == "reference":
         from reference import __version__ as version

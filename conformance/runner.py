@@ -111,14 +111,48 @@ def _expected_reason(item: Planned, expected: Mapping[str, str]) -> str | None:
     return expected.get(item.item_id, expected.get(item.check.id))
 
 
+def engine_target(engine: str) -> Target:
+    """The subject of an engine run: no distribution, no entry points of its own."""
+    return Target(f"{engine} engine", None, "engine", ())
+
+
+def plan_engine(contract: str, catalog: Mapping[str, Check] | None = None) -> list[Planned]:
+    """The engine checks that apply to an engine implementing `contract`."""
+    catalog = load_catalog() if catalog is None else catalog
+    return [
+        Planned(c, None)
+        for c in catalog.values()
+        if c.group == "engine" and c.applies_to_contract(contract)
+    ]
+
+
+def run_engine_checks(
+    engine: str = "reference",
+    engine_patch: str = "",
+    on_result: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
+    """Certify an engine: run every `engine.*` check against it with the bundled scenarios."""
+    session = Session(engine_target(engine), engine, engine_patch=engine_patch)
+    results = []
+    for item in plan_engine(session.contract):
+        result = run_planned(session, item)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
 def run_checks(
     target: Target,
     engine: str = "reference",
     expected_failures: Mapping[str, str] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
+    timeout: float | None = None,
 ) -> list[CheckResult]:
     """Run every applicable check on `target` and return the results in plan order."""
     session = Session(target, engine)
+    if timeout is not None:
+        session.timeout = timeout
     results = []
     with target:
         for item in plan(target, session.contract):

@@ -44,4 +44,5 @@ class PoolingRequestOutput:
     request_id: str
     outputs: PoolingOutput
     prompt_token_ids: list[int]
+    num_cached_tokens: int = 0
     finished: bool = True

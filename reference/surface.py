@@ -53,6 +53,7 @@ SURFACE: dict[str, str] = {
     # IO processors
     "vllm.plugins.io_processors": "reference.io_processors",
     "vllm.plugins.io_processors.interface": "reference.io_processors",
+    "vllm.renderers": "reference.io_processors",
     # LoRA
     "vllm.lora.request": "reference.lora.request",
     "vllm.lora.resolver": "reference.lora.resolver",
@@ -61,7 +62,11 @@ SURFACE: dict[str, str] = {
     "vllm.v1.sample.logits_processor": "reference.logits.v1",
     "vllm.v1.sample.logits_processor.interface": "reference.logits.v1",
     "vllm.v1.sample.logits_processor.builtin": "reference.logits.v1",
+    "vllm.v1.sample.logits_processor.state": "reference.logits.v1",
     "vllm.v1.worker.gpu.sample.logits_processor": "reference.logits.v2",
+    "vllm.v1.worker.gpu.sample.logits_processor.interface": "reference.logits.v2",
+    "vllm.v1.worker.gpu.sample.logits_processor.loader": "reference.logits.loader",
+    "vllm.exceptions": "reference.logits.errors",
 }
 
 _FACADE_NAME = "vllm"

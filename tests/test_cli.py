@@ -1,29 +1,81 @@
-"""`vllm-conformance` on the command line."""
+"""`vllm-conformance` on the command line: exit codes, listings, explanations, the demo."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from conformance.cli import main
+from conformance.checks import load_catalog
+from conformance.cli import main, render_checks_markdown
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "checks.md"
 
 
-def test_demo_shows_the_fixtures_entry_points_and_the_platform(capsys):
+def test_certify_a_good_fixture_exits_0_and_writes_reports(capsys, tmp_path):
+    assert main(["certify", "vllm_add_dummy_platform", "--report-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "certified" in out and "platform.resolves" in out
+    report = json.loads((tmp_path / "conformance-report.json").read_text())
+    assert report["schema"] == 1 and report["summary"]["verdict"] == "certified"
+    assert report["subject"]["distribution"] == "vllm_add_dummy_platform"
+    assert (tmp_path / "conformance-report.md").read_text().startswith("# Conformance report")
+
+
+def test_certify_a_mutant_exits_1_and_names_the_rule(capsys):
+    assert main(["certify", "general.runs"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "[general.runs]" in out and "Fix:" in out
+
+
+def test_certify_an_unknown_distribution_is_a_usage_error(capsys):
+    assert main(["certify", "no-such-plugin-anywhere"]) == 2
+    err = capsys.readouterr().err
+    assert "No distribution named 'no-such-plugin-anywhere' is installed" in err
+    assert "pip install" in err
+
+
+def test_certify_reads_expected_failures(capsys, tmp_path):
+    file = tmp_path / "xfail.toml"
+    file.write_text('"general.runs" = "known: raises on this machine"\n')
+    assert main(["certify", "general.runs", "--expected-failures", str(file)]) == 1
+    assert "XFAILED" in capsys.readouterr().out
+
+
+def test_a_malformed_expected_failures_file_is_a_usage_error(capsys, tmp_path):
+    file = tmp_path / "xfail.toml"
+    file.write_text('"general.runs" = ""\n')
+    assert main(["certify", "general.runs", "--expected-failures", str(file)]) == 2
+    assert "needs a reason" in capsys.readouterr().err
+
+
+def test_checks_lists_every_check_and_json_is_machine_readable(capsys):
+    assert main(["checks", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == list(load_catalog())
+    assert {r["level"] for r in rows} <= {"required", "recommended"}
+
+
+def test_explain_prints_the_rule_the_why_and_the_fix(capsys):
+    assert main(["explain", "general.reentrant"]) == 0
+    out = capsys.readouterr().out
+    assert "Rule:" in out and "Fix:" in out and "re-entrant" in out
+
+
+def test_explain_an_unknown_check_is_a_usage_error(capsys):
+    assert main(["explain", "general.nope"]) == 2
+    assert "No check 'general.nope'" in capsys.readouterr().err
+
+
+def test_docs_checks_md_is_generated_from_the_catalog():
+    assert DOCS.read_text(encoding="utf-8") == render_checks_markdown(), (
+        "docs/checks.md is stale: run `vllm-conformance checks --markdown > docs/checks.md`"
+    )
+
+
+def test_demo_certifies_every_good_fixture(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "vllm.platform_plugins  dummy_platform_plugin" in out
-    assert "register_dummy_model" in out
-    assert "resolved platform: vllm_add_dummy_platform.dummy_platform.DummyPlatform" in out
-
-
-def test_demo_json_is_machine_readable(capsys):
-    assert main(["demo", "--json"]) == 0
-    values = json.loads(capsys.readouterr().out)
-    assert values["platform"] == "vllm_add_dummy_platform.dummy_platform.DummyPlatform"
-    assert [
-        "vllm.general_plugins",
-        "dummy_custom_ops",
-        "vllm_add_dummy_platform:register_ops",
-    ] in values["entry_points"]
+    assert "vllm_add_dummy_platform" in out and "not-certified" not in out
 
 
 def test_an_unknown_command_is_a_usage_error(capsys):

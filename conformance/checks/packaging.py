@@ -22,7 +22,11 @@ def _vllm_requirements(ctx: CheckContext) -> list[Requirement]:
             req = Requirement(raw)
         except InvalidRequirement:
             continue
-        if req.name.lower().replace("_", "-") in VLLM_DISTRIBUTIONS:
+        # A requirement of an optional extra (installed metadata lists those too, with an
+        # `extra == "..."` marker) does not constrain a plain install of the plugin.
+        if req.marker is not None and "extra" in str(req.marker):
+            continue
+        if req.name.lower().replace("_", "-").replace(".", "-") in VLLM_DISTRIBUTIONS:
             found.append(req)
     return found
 

@@ -1,0 +1,4 @@
+"""Custom ops: `CustomOp` (registration, out-of-tree replacement, dispatch) and in-tree layers.
+
+The submodules need torch; this package itself imports nothing.
+"""

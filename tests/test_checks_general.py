@@ -1,0 +1,172 @@
+"""The `general.*` checks: each mutant trips its check, every good fixture passes them."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conformance.checks import load_catalog
+from conformance.context import Session
+from conformance.overlay import Overlay, fixture_names
+from conformance.runner import CheckResult, plan, run_planned
+from conformance.target import EntryPointInfo, Target, resolve_target
+
+GROUP = "general"
+GENERAL = "vllm.general_plugins"
+MUTANTS = [
+    "general.loadable",
+    "general.callable",
+    "general.runs",
+    "general.reentrant",
+    "general.no-cuda-init",
+    "general.lazy-model-registration",
+    "general.registered-models-resolve",
+    "general.no-builtin-overwrite",
+    "general.fast-import",
+]
+#: Mutants whose point needs torch: a model class, or a tensor on "cuda".
+NEEDS_TORCH = {
+    "general.no-cuda-init",
+    "general.lazy-model-registration",
+    "general.no-builtin-overwrite",
+}
+#: What the failure message must show, beyond the fix hint.
+OBSERVED = {
+    "general.loadable": "No module named 'mutant_fused_kernels_ext'",
+    "general.callable": "requires argument(s) model_registry",
+    "general.runs": "KeyError: 'MUTANT_MODEL_VARIANT'",
+    "general.reentrant": "vllm.utils.import_utils: resolve_obj_by_qualname replaced",
+    "general.no-cuda-init": "in _gpu_usable",
+    "general.lazy-model-registration": "MutantEagerForCausalLM",
+    "general.registered-models-resolve": "has no attribute 'MutantResolveForCausalLm'",
+    "general.no-builtin-overwrite": "LlamaForCausalLM",
+    "general.fast-import": "> 1 s",
+}
+
+
+def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
+    """Run the checks of `group` on `target` as `run_checks` does, keyed by check id."""
+    catalog = {k: v for k, v in load_catalog().items() if v.group == group}
+    session = Session(target)
+    with target:
+        return {
+            item.check.id: run_planned(session, item)
+            for item in plan(target, session.contract, catalog)
+        }
+
+
+def inline_target(name: str, source: str, **modules: str) -> Target:
+    """A general plugin `name:register` (plus `modules` of its package) written on the spot."""
+    files = {f"{name}/__init__.py": textwrap.dedent(source)}
+    files.update({f"{name}/{mod}.py": textwrap.dedent(src) for mod, src in modules.items()})
+    overlay = Overlay().add_inline(name, files, {GENERAL: {name: f"{name}:register"}})
+    eps = (EntryPointInfo(GENERAL, name, f"{name}:register"),)
+    return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
+
+
+def test_every_general_check_has_a_mutant():
+    ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
+    assert ids == sorted(MUTANTS), "each general check needs a mutant named after it"
+
+
+#: Mutants that are otherwise good plugins: only their own check fails.
+ONLY_THEIR_OWN = {
+    "general.lazy-model-registration",
+    "general.no-builtin-overwrite",
+    "general.registered-models-resolve",
+    "general.reentrant",
+    "general.fast-import",
+    "general.no-cuda-init",
+}
+
+
+@pytest.mark.parametrize("check_id", MUTANTS)
+def test_the_mutant_fails_its_check_with_the_fix(check_id):
+    if check_id in NEEDS_TORCH:
+        pytest.importorskip("torch")
+    results = run_group(resolve_target(check_id))
+    result = results[check_id]
+    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
+    assert result.message.startswith(f"[{check_id}]")
+    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
+    assert "\nFix: " in result.message, "the message ends with the check's fix hint"
+    if check_id in ONLY_THEIR_OWN:
+        failed = sorted(k for k, r in results.items() if r.status not in ("passed", "skipped"))
+        assert failed == [check_id], "the mutant is otherwise a good plugin"
+
+
+GOOD_GENERAL = [name for name in fixture_names() if resolve_target(name).entry_points_of(GENERAL)]
+
+
+@pytest.mark.parametrize("fixture", GOOD_GENERAL)
+def test_good_fixtures_pass_the_general_checks(fixture):
+    results = run_group(resolve_target(fixture))
+    assert set(results) == set(MUTANTS)
+    if fixture == "vllm_add_dummy_model":
+        assert results["general.registered-models-resolve"].status == "passed", (
+            "judged, not skipped"
+        )
+    for check_id, result in results.items():
+        if result.status == "skipped":
+            # Only the model-registry checks judge a capability: plugins without models skip.
+            assert check_id in (
+                "general.lazy-model-registration",
+                "general.registered-models-resolve",
+            )
+            assert result.message == "capability skip: the plugin registers no model architectures"
+            continue
+        assert result.status == "passed", f"{fixture}: {check_id}: {result.message}"
+
+
+def test_an_unguarded_custom_op_registration_is_not_reentrant():
+    pytest.importorskip("torch")
+    source = """
+        from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+
+        class MyRope(RotaryEmbedding):
+            pass
+
+        def register():
+            RotaryEmbedding.register_oot(MyRope)
+    """
+    result = run_group(inline_target("unguarded_op", source))["general.reentrant"]
+    assert result.status == "failed"
+    assert "The second call raised" in result.message and "Duplicate" in result.message
+
+
+def test_a_plugin_that_exits_the_interpreter_fails_loading_and_running_checks():
+    result = run_group(inline_target("exits", "import os\nos._exit(3)\n"))
+    assert result["general.loadable"].status == "failed"
+    assert "exited with code 3" in result["general.loadable"].message
+
+
+def test_cuda_touched_by_a_lazily_registered_model_module_is_not_the_plugins_doing():
+    # The check imports the model to see that it resolves, as a worker would; only the
+    # plugin's own import and calls must stay off CUDA.
+    pytest.importorskip("torch")
+    target = inline_target(
+        "lazy_cuda",
+        """
+        def register():
+            from vllm import ModelRegistry
+
+            if "LazyCudaForCausalLM" not in ModelRegistry.get_supported_archs():
+                ModelRegistry.register_model("LazyCudaForCausalLM", "lazy_cuda.model:Model")
+        """,
+        model="""
+        import torch
+
+        try:
+            torch.zeros(1, device="cuda")
+        except Exception:
+            pass
+
+        class Model(torch.nn.Module):
+            pass
+        """,
+    )
+    results = run_group(target)
+    assert results["general.registered-models-resolve"].status == "passed", "the model was imported"
+    cuda = results["general.no-cuda-init"]
+    assert cuda.status == "passed", cuda.message

