@@ -53,16 +53,18 @@ def _certify(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = run_checks(target, args.engine, expected, timeout=args.timeout)
     print(f"{target.name} {target.version or ''} on engine {args.engine}".replace("  ", " "))
-    print(render_console(results))
+    print(render_console(results, args.strict))
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
         from conformance.context import Session
 
         contract = Session(target, args.engine).contract
-        report = build_report(plugin_subject(target), engine_info(args.engine, contract), results)
+        report = build_report(
+            plugin_subject(target), engine_info(args.engine, contract), results, args.strict
+        )
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
-    return EXIT_OK if verdict(results) == "certified" else EXIT_FAILED
+    return EXIT_OK if verdict(results, args.strict) == "certified" else EXIT_FAILED
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -187,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--engine", choices=ENGINES, default="reference")
     certify.add_argument("--report-dir", type=Path, help="write the JSON and Markdown reports here")
     certify.add_argument("--expected-failures", help="TOML/JSON table of check id -> reason")
+    certify.add_argument(
+        "--strict",
+        action="store_true",
+        help="recommended checks count as required (exit 1 if any check fails)",
+    )
     certify.add_argument(
         "--timeout", type=float, default=None, help="seconds one probe may run (default 60)"
     )

@@ -62,6 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds one probe may run (default 60)",
     )
     group.addoption(
+        "--conformance-strict",
+        action="store_true",
+        default=False,
+        help="recommended checks count as required: their failures fail the run",
+    )
+    group.addoption(
         "--certify",
         action="store_true",
         default=False,
@@ -88,6 +94,7 @@ class _RunState:
         if timeout is not None:
             self.session.timeout = timeout
         self.certify = bool(config.getoption("certify"))
+        self.strict = bool(config.getoption("conformance_strict"))
         self.expected = _read_expected_failures(config.getoption("expected_failures"))
         self.results: dict[str, CheckResult] = {}
         self.report_path: str | None = None
@@ -193,7 +200,7 @@ class CheckItem(pytest.Item):
         state: _RunState = self.config.stash[_STATE]
         result = run_planned(state.session, self.planned, state.expected)
         self.user_properties.append(("conformance", json.dumps(result.to_json())))
-        if result.status == "failed" and result.level == "recommended":
+        if result.status == "failed" and result.level == "recommended" and not state.strict:
             # Recommended checks warn: they never fail the run or the certification.
             warnings.warn(ConformanceWarning(result.message), stacklevel=1)
             return
@@ -236,7 +243,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     results = [state.results[key] for key in sorted(state.results)]
     if directory:
         report = build_report(
-            plugin_subject(state.target), engine_info(state.engine, state.session.contract), results
+            plugin_subject(state.target),
+            engine_info(state.engine, state.session.contract),
+            results,
+            state.strict,
         )
         json_path, _ = write_reports(report, directory)
         state.report_path = str(json_path)
@@ -250,7 +260,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     results = list(state.results.values())
     terminalreporter.write_sep("=", "vllm-conformance")
-    terminalreporter.write_line(f"{state.target.name}: {verdict(results)} ({len(results)} checks)")
+    terminalreporter.write_line(
+        f"{state.target.name}: {verdict(results, state.strict)} ({len(results)} checks)"
+    )
     if state.report_path:
         terminalreporter.write_line(f"report: {state.report_path}")
 

@@ -40,13 +40,16 @@ def environment() -> dict[str, Any]:
 
 
 def build_report(
-    subject: dict[str, Any], engine: dict[str, str], results: Sequence[CheckResult]
+    subject: dict[str, Any],
+    engine: dict[str, str],
+    results: Sequence[CheckResult],
+    strict: bool = False,
 ) -> dict[str, Any]:
     """The JSON report of design.md §3, schema 1."""
     summary: dict[str, Any] = {status: 0 for status in STATUSES}
     for r in results:
         summary[r.status] += 1
-    summary["verdict"] = verdict(results)
+    summary["verdict"] = verdict(results, strict)
     return {
         "schema": SCHEMA,
         "subject": subject,
@@ -136,7 +139,7 @@ def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, 
     return json_path, md_path
 
 
-def render_console(results: Sequence[CheckResult]) -> str:
+def render_console(results: Sequence[CheckResult], strict: bool = False) -> str:
     """One line per check, then the counts and the verdict."""
     rows = [(r.status.upper(), r.level, r.id, r.entry_point or "") for r in results]
     widths = [max([len(row[i]) for row in rows] + [0]) for i in range(4)]
@@ -147,5 +150,8 @@ def render_console(results: Sequence[CheckResult]) -> str:
         if r.status in ("failed", "error", "xpassed"):
             lines += ["", r.message]
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
-    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" — {verdict(results)}"]
+    lines += [
+        "",
+        ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" — {verdict(results, strict)}",
+    ]
     return "\n".join(lines)

@@ -175,10 +175,14 @@ def run_checks(
     return results
 
 
-def verdict(results: Iterable[CheckResult]) -> str:
-    """`certified` unless a required check failed, errored, or is an expected failure."""
+def verdict(results: Iterable[CheckResult], strict: bool = False) -> str:
+    """`certified` unless a required check failed, errored, or is an expected failure.
+
+    With `strict`, recommended checks count as required.
+    """
     for r in results:
-        if r.level == "required" and r.status in ("failed", "error", "xfailed", "xpassed"):
+        counts = strict or r.level == "required"
+        if counts and r.status in ("failed", "error", "xfailed", "xpassed"):
             return "not-certified"
     return "certified"
 

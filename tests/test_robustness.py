@@ -9,6 +9,8 @@ import pytest
 
 from conformance.cli import main
 
+pytestmark = pytest.mark.slow
+
 BEHAVIOURS = {
     "hangs": "import time\ntime.sleep(600)",
     "os-exit": "import os\nos._exit(3)",

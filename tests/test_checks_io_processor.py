@@ -1,0 +1,317 @@
+"""The `io_processor.*` checks: each mutant trips its check, good processors pass them."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conformance.checks import io_processor as checks
+from conformance.checks import load_catalog
+from conformance.context import Session
+from conformance.overlay import Overlay
+from conformance.runner import CheckResult, plan, run_checks, run_planned
+from conformance.target import EntryPointInfo, Target, resolve_target
+
+GROUP = "io_processor"
+IO_PROCESSORS = "vllm.io_processor_plugins"
+MUTANTS = [
+    "io_processor.loadable",
+    "io_processor.returns-qualname",
+    "io_processor.subclass",
+    "io_processor.constructs",
+    "io_processor.round-trip",
+    "io_processor.rejects-bad-input",
+]
+#: What the failure message must show, beyond the fix hint.
+OBSERVED = {
+    "io_processor.loadable": "No module named 'mutant_fast_tokenizer_ext'",
+    "io_processor.returns-qualname": "the entry-point 'module:Class' form",
+    "io_processor.subclass": "does not subclass vllm.plugins.io_processors.interface.IOProcessor",
+    "io_processor.constructs": "the v0.10-v0.16 form",
+    "io_processor.round-trip": "'PoolingOutput' object is not subscriptable",
+    "io_processor.rejects-bad-input": "parse_data({}) raised KeyError: 'texts'",
+}
+CLASS_CHECKS = [
+    "io_processor.subclass",
+    "io_processor.constructs",
+    "io_processor.round-trip",
+    "io_processor.rejects-bad-input",
+]
+#: Mutants that break more than their own rule, and which other checks they fail (why).
+ALSO_FAILS = {
+    # Nothing can be examined when the entry point does not load.
+    "io_processor.loadable": set(MUTANTS) - {"io_processor.loadable"},
+    # A 'module:Class' answer names no class, so the class checks have nothing to examine.
+    "io_processor.returns-qualname": set(CLASS_CHECKS),
+    # A processor that cannot be built cannot take requests.
+    "io_processor.constructs": {"io_processor.round-trip", "io_processor.rejects-bad-input"},
+}
+
+
+def run_group(target: Target) -> dict[str, CheckResult]:
+    """Run the IO-processor checks on `target` as `run_checks` does, keyed by check id."""
+    catalog = {k: v for k, v in load_catalog().items() if v.group == GROUP}
+    session = Session(target)
+    with target:
+        return {
+            item.check.id: run_planned(session, item)
+            for item in plan(target, session.contract, catalog)
+        }
+
+
+def inline_processor(name: str, processor_source: str, answer: str | None = None) -> Target:
+    """An IO-processor plugin `name:register` whose `processor.py` holds `processor_source`.
+
+    The function answers `answer` (Python source), by default the name of `Processor`.
+    """
+    answer = answer or repr(f"{name}.processor.Processor")
+    modules = {
+        f"{name}/__init__.py": f"def register():\n    return {answer}\n",
+        f"{name}/processor.py": textwrap.dedent(processor_source),
+    }
+    overlay = Overlay().add_inline(name, modules, {IO_PROCESSORS: {name: f"{name}:register"}})
+    eps = (EntryPointInfo(IO_PROCESSORS, name, f"{name}:register"),)
+    return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
+
+
+#: A text processor: `{"text": str}` in, one prompt, the pooled vector's length out.
+TEXT_PROCESSOR = """
+    from vllm.outputs import PoolingOutput, PoolingRequestOutput
+    from vllm.plugins.io_processors.interface import IOProcessor
+
+    class Processor(IOProcessor):
+        def parse_data(self, data):
+            if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+                raise ValueError('expected {"text": "..."}')
+            return data["text"]
+
+        def pre_process(self, prompt, request_id=None, **kwargs):
+            return {"prompt": prompt}
+
+        def post_process(self, model_output, request_id=None, **kwargs):
+            return RESULT
+
+        @classmethod
+        def conformance_sample_request(cls):
+            return {"text": "hello"}
+
+        @staticmethod
+        def conformance_fake_outputs(prompts):
+            return [PoolingRequestOutput(request_id=str(i), outputs=PoolingOutput(data=[0.5]),
+                                         prompt_token_ids=[1]) for i, _ in enumerate(prompts)]
+"""
+
+
+def text_processor(
+    result: str = '{"dims": len(model_output[0].outputs.data)}', **edits: str
+) -> str:
+    """`TEXT_PROCESSOR` returning `result` from post_process, with source `edits` applied."""
+    source = textwrap.dedent(TEXT_PROCESSOR).replace("RESULT", result)
+    for old, new in edits.items():
+        source = source.replace(old, new)
+    return source
+
+
+# --------------------------------------------------------------------------------------------
+# Mutants and fixtures.
+
+
+def test_every_io_processor_check_has_a_mutant():
+    ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
+    assert ids == sorted(MUTANTS), "each io_processor check needs a mutant named after it"
+
+
+@pytest.mark.parametrize("check_id", MUTANTS)
+def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
+    results = {r.id: r for r in run_checks(resolve_target(check_id)) if r.group == GROUP}
+    result = results[check_id]
+    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
+    assert result.message.startswith(f"[{check_id}]")
+    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
+    assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
+    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
+    assert failed == {check_id} | ALSO_FAILS.get(check_id, set()), "otherwise a good plugin"
+
+
+def test_the_prithvi_fixture_passes_every_io_processor_check():
+    # It provides both conformance hooks, so the round trip runs end to end: nothing skipped.
+    results = run_group(resolve_target("prithvi_io_processor"))
+    assert set(results) == set(MUTANTS)
+    for check_id, result in results.items():
+        assert result.status == "passed", f"{check_id}: {result.message}"
+
+
+def test_a_good_text_processor_passes_and_a_garbage_string_is_not_judged():
+    # Its sample is an object; a string is of another type, so it is judged and rejected.
+    results = run_group(inline_processor("text_proc", text_processor()))
+    assert {k: r.status for k, r in results.items()} == dict.fromkeys(MUTANTS, "passed")
+
+
+def test_a_string_taking_processor_may_accept_a_garbage_string():
+    source = text_processor(
+        **{
+            'if not isinstance(data, dict) or not isinstance(data.get("text"), str):': (
+                "if not isinstance(data, str):"
+            ),
+            'return data["text"]': "return data",
+            'return {"text": "hello"}': 'return "hello"',
+        }
+    )
+    results = run_group(inline_processor("str_proc", source))
+    assert results["io_processor.rejects-bad-input"].status == "passed"
+
+
+def test_an_inactive_plugin_skips_its_class_checks_and_passes_the_rest():
+    results = run_group(inline_processor("quiet_proc", text_processor(), answer="None"))
+    for check_id in CLASS_CHECKS:
+        assert results[check_id].status == "skipped"
+        assert results[check_id].message == f"capability skip: {checks.INACTIVE}"
+    assert results["io_processor.loadable"].status == "passed"
+    assert results["io_processor.returns-qualname"].status == "passed"
+
+
+def test_a_raising_entry_function_is_explained():
+    answer = "(_ for _ in ()).throw(RuntimeError('no GDAL'))"
+    results = run_group(inline_processor("raising_proc", text_processor(), answer=answer))
+    message = results["io_processor.returns-qualname"].message
+    assert "RuntimeError: no GDAL" in message and "Failed to load plugin" in message
+    assert results["io_processor.constructs"].status == "failed"
+
+
+def test_a_name_that_does_not_import_fails_the_qualname_check():
+    results = run_group(
+        inline_processor("typo_proc", text_processor(), answer="'typo_proc.nope.P'")
+    )
+    result = results["io_processor.returns-qualname"]
+    assert result.status == "failed"
+    assert "'typo_proc.nope.P', which does not import" in result.message
+
+
+def test_without_hooks_the_round_trip_is_skipped_and_only_none_and_42_are_judged():
+    source = text_processor()
+    source = source[: source.index("    @classmethod")]
+    # It accepts anything that is a dict with a str "text"; None and 42 are rejected.
+    results = run_group(inline_processor("hookless_proc", source))
+    round_trip = results["io_processor.round-trip"]
+    assert round_trip.status == "skipped"
+    assert "no sample request" in round_trip.message
+    assert results["io_processor.rejects-bad-input"].status == "passed"
+
+
+def test_without_fake_outputs_the_round_trip_stops_after_pre_process():
+    source = text_processor()
+    source = source[: source.index("    @staticmethod")]
+    result = run_group(inline_processor("no_outputs_proc", source))["io_processor.round-trip"]
+    assert result.status == "skipped"
+    assert "the plugin provides no sample outputs" in result.message
+
+
+def test_a_result_without_json_form_fails_the_round_trip():
+    source = text_processor(result="{1, 2, 3}")
+    result = run_group(inline_processor("set_proc", source))["io_processor.round-trip"]
+    assert result.status == "failed"
+    assert "post_process returned a builtins.set, which has no JSON form" in result.message
+
+
+def test_a_pydantic_result_passes_the_round_trip():
+    pytest.importorskip("pydantic")
+    source = "from pydantic import BaseModel\n\nclass Out(BaseModel):\n    dims: int\n\n"
+    source += text_processor(result="Out(dims=1)")
+    result = run_group(inline_processor("model_proc", source))["io_processor.round-trip"]
+    assert result.status == "passed", result.message
+
+
+def test_outputs_that_do_not_match_the_prompts_are_reported():
+    source = text_processor(**{"for i, _ in enumerate(prompts)": "for i in range(2)"})
+    result = run_group(inline_processor("count_proc", source))["io_processor.round-trip"]
+    assert result.status == "failed"
+    assert "pre_process returned 1 prompt(s) but" in result.message
+
+
+def test_a_processor_with_the_old_method_names_gets_the_rename_hint():
+    source = text_processor(**{"def parse_data(self, data):": "def parse_request(self, data):"})
+    results = run_group(inline_processor("old_proc", source))
+    result = results["io_processor.round-trip"]
+    assert result.status == "failed"
+    assert "NotImplementedError" in result.message and "`parse_request` became" in result.message
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers.
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"kind": "none", "repr": "None"}, None),
+        ({"kind": "str", "value": "pkg.mod.Cls", "repr": "'pkg.mod.Cls'"}, None),
+        ({"kind": "str", "value": "pkg.mod:Cls", "repr": ""}, "write 'pkg.mod.Cls'"),
+        ({"kind": "str", "value": "Cls", "repr": "'Cls'"}, "not a dotted"),
+        ({"kind": "str", "value": "", "repr": "''"}, "not a dotted"),
+        (
+            {"kind": "other", "type": "type", "repr": "<class 'p.C'>", "is_class": True},
+            "returned the class",
+        ),
+        ({"kind": "other", "type": "int", "repr": "3", "is_class": False}, "(a int)"),
+        ({"kind": "raised", "repr": "OSError: x"}, "Failed to load plugin"),
+    ],
+)
+def test_answer_problem_explains_each_wrong_answer(answer, expected):
+    problem = checks.answer_problem(answer)
+    assert problem is None if expected is None else expected in problem
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (["self", "vllm_config", "renderer"], ""),
+        (["self", "vllm_config"], "v0.10-v0.16 form"),
+        (["self", "*args"], ""),
+        (None, ""),
+    ],
+)
+def test_init_hint(params, expected):
+    hint = checks.init_hint(params)
+    assert (expected in hint) if expected else hint == ""
+
+
+def test_parse_hint_names_only_the_old_methods_present():
+    assert checks.parse_hint(["parse_data", "pre_process", "post_process"]) == ""
+    hint = checks.parse_hint(["parse_request", "pre_process"])
+    assert "`parse_request` became `parse_data`" in hint
+    assert "validate_or_generate_params" not in hint
+    assert checks.parse_hint(None) == ""
+
+
+def _rejections():
+    return [{"input": shown, "jtype": jtype} for shown, _, jtype in checks.MALFORMED]
+
+
+@pytest.mark.parametrize(
+    ("sample_type", "sample_size", "judged"),
+    [
+        (None, None, ["null", "number"]),
+        ("object", 3, ["null", "number", "object", "string"]),
+        ("object", 0, ["null", "number", "string"]),
+        ("string", None, ["null", "number", "object"]),
+        ("number", None, ["null", "object", "string"]),
+        ("array", None, ["null", "number", "object", "string"]),
+    ],
+)
+def test_judged_inputs_follow_the_sample_type(sample_type, sample_size, judged):
+    chosen = checks.judged_inputs(_rejections(), sample_type, sample_size)
+    assert [r["jtype"] for r in chosen] == judged
+
+
+def test_rejection_problems_accept_value_errors_only_and_group_alike_failures():
+    judged = [
+        {"input": "None", "raised": "ValidationError", "is_value_error": True, "message": ""},
+        {"input": "42", "raised": "TypeError", "is_value_error": False, "message": "bad"},
+        {"input": "{}", "returned": "[]"},
+        {"input": "'x'", "raised": "TypeError", "is_value_error": False, "message": "bad"},
+    ]
+    assert checks.rejection_problems(judged) == [
+        "parse_data(42), parse_data('x') raised TypeError: bad",
+        "parse_data({}) returned []: the input was accepted",
+    ]

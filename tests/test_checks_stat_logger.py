@@ -1,0 +1,261 @@
+"""The `stat_logger.*` checks: each mutant trips its check, good loggers pass them."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conformance.checks import load_catalog
+from conformance.checks import stat_logger as checks
+from conformance.context import Session
+from conformance.overlay import Overlay
+from conformance.runner import CheckResult, plan, run_checks, run_planned
+from conformance.target import EntryPointInfo, Target, resolve_target
+
+GROUP = "stat_logger"
+STAT_LOGGERS = "vllm.stat_logger_plugins"
+MUTANTS = [
+    "stat_logger.is-class",
+    "stat_logger.subclass",
+    "stat_logger.constructs",
+    "stat_logger.records",
+]
+#: What the failure message must show, beyond the fix hint.
+OBSERVED = {
+    "stat_logger.is-class": "the function mutant_stat_logger_is_class.make_stat_logger",
+    "stat_logger.subclass": "must be a subclass of StatLoggerBase",
+    "stat_logger.constructs": "takes 2 positional arguments but 3 were given",
+    "stat_logger.records": "unexpected keyword argument 'mm_cache_stats'",
+}
+#: Mutants that break more than their own rule, and which other checks they fail (why).
+ALSO_FAILS = {
+    # A function is not a class: there is nothing to subclass-check, build or feed.
+    "stat_logger.is-class": {
+        "stat_logger.subclass",
+        "stat_logger.constructs",
+        "stat_logger.records",
+    },
+    # A logger that cannot be built cannot record.
+    "stat_logger.constructs": {"stat_logger.records"},
+}
+
+
+def run_group(target: Target) -> dict[str, CheckResult]:
+    """Run the stat-logger checks on `target` as `run_checks` does, keyed by check id."""
+    catalog = {k: v for k, v in load_catalog().items() if v.group == GROUP}
+    session = Session(target)
+    with target:
+        return {
+            item.check.id: run_planned(session, item)
+            for item in plan(target, session.contract, catalog)
+        }
+
+
+def inline_logger(name: str, source: str, attr: str = "Logger") -> Target:
+    """A stat-logger plugin `name:attr` written on the spot."""
+    overlay = Overlay().add_inline(
+        name,
+        {f"{name}/__init__.py": textwrap.dedent(source)},
+        {STAT_LOGGERS: {name: f"{name}:{attr}"}},
+    )
+    eps = (EntryPointInfo(STAT_LOGGERS, name, f"{name}:{attr}"),)
+    return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
+
+
+PER_ENGINE = """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class Logger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index=0):
+            self.engine_index = engine_index
+            self.running = 0
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            {record_body}
+
+        def log_engine_initialized(self):
+            pass
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Mutants and fixtures.
+
+
+def test_every_stat_logger_check_has_a_mutant():
+    ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
+    assert ids == sorted(MUTANTS), "each stat_logger check needs a mutant named after it"
+
+
+@pytest.mark.parametrize("check_id", MUTANTS)
+def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
+    results = {r.id: r for r in run_checks(resolve_target(check_id)) if r.group == GROUP}
+    result = results[check_id]
+    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
+    assert result.message.startswith(f"[{check_id}]")
+    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
+    assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
+    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
+    assert failed == {check_id} | ALSO_FAILS.get(check_id, set()), "otherwise a good plugin"
+
+
+def test_the_dummy_stat_logger_fixture_passes_every_stat_logger_check():
+    # A per-engine logger that accepts every call: nothing is skipped.
+    results = run_group(resolve_target("vllm_add_dummy_stat_logger"))
+    assert set(results) == set(MUTANTS)
+    for check_id, result in results.items():
+        assert result.status == "passed", f"{check_id}: {result.message}"
+
+
+def test_an_aggregate_logger_is_built_by_keywords_and_gets_the_aggregate_calls():
+    source = """
+        from vllm.v1.metrics.loggers import AggregateStatLoggerBase
+
+        class Logger(AggregateStatLoggerBase):
+            def __init__(self, *, vllm_config, engine_indexes):  # keywords only, on purpose
+                self.engines = list(engine_indexes)
+                self.events = []
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                assert engine_idx in self.engines
+
+            def log_engine_initialized(self):
+                pass
+
+            def record_sleep_state(self, is_awake, level):
+                raise RuntimeError("sleep state reached the aggregate logger")
+    """
+    results = run_group(inline_logger("agg_logger", source))
+    assert results["stat_logger.constructs"].status == "passed"
+    records = results["stat_logger.records"]
+    assert records.status == "failed"
+    assert "record_sleep_state(1, 1) raised" in records.message
+    assert "(forwarded by PerEngineStatLoggerAdapter)" not in records.message
+
+
+def test_an_aggregate_logger_with_a_positional_per_engine_init_is_explained():
+    source = """
+        from vllm.v1.metrics.loggers import AggregateStatLoggerBase
+
+        class Logger(AggregateStatLoggerBase):
+            def __init__(self, config, engine_index=0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                pass
+
+            def log_engine_initialized(self):
+                pass
+    """
+    result = run_group(inline_logger("agg_bad_init", source))["stat_logger.constructs"]
+    assert result.status == "failed"
+    assert "cls(vllm_config=vllm_config, engine_indexes=[0, 1])" in result.message
+    assert "`vllm_config=` and `engine_indexes=`" in result.message
+
+
+def test_a_record_that_assumes_scheduler_stats_fails_on_the_none_batch():
+    source = PER_ENGINE.format(record_body="self.running = scheduler_stats.num_running_reqs")
+    result = run_group(inline_logger("none_sched", source))["stat_logger.records"]
+    assert result.status == "failed"
+    assert "record(None, IterationStats(...), mm_cache_stats=None, engine_idx=0)" in result.message
+    assert "AttributeError" in result.message
+
+
+def test_a_logger_missing_an_abstract_method_fails_construction():
+    source = """
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        class Logger(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index=0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                pass
+    """
+    result = run_group(inline_logger("abstract_logger", source))["stat_logger.constructs"]
+    assert result.status == "failed"
+    assert "log_engine_initialized" in result.message
+
+
+def test_an_instance_as_entry_point_is_named_as_such():
+    source = textwrap.dedent(PER_ENGINE.format(record_body="pass")) + "\nLOGGER = Logger(None, 0)\n"
+    results = run_group(inline_logger("instance_logger", source, attr="LOGGER"))
+    message = results["stat_logger.is-class"].message
+    assert results["stat_logger.is-class"].status == "failed"
+    assert "an instance of instance_logger.Logger, not the class" in message
+    assert results["stat_logger.constructs"].status == "failed"
+
+
+def test_a_logger_that_does_not_load_fails_every_check():
+    results = run_group(inline_logger("broken_logger", "import no_such_module_for_sure\n"))
+    assert {r.status for r in results.values()} == {"failed"}
+    assert "No module named 'no_such_module_for_sure'" in results["stat_logger.is-class"].message
+
+
+def test_only_the_judged_entry_point_is_loaded():
+    # A sibling entry point that vLLM would reject must not fail the good one's checks.
+    overlay = Overlay().add_inline(
+        "two_loggers",
+        {
+            "two_loggers/__init__.py": textwrap.dedent(PER_ENGINE.format(record_body="pass"))
+            + "\ndef factory(vllm_config, engine_index):\n    return Logger(vllm_config, engine_index)\n"
+        },
+        {STAT_LOGGERS: {"good": "two_loggers:Logger", "bad": "two_loggers:factory"}},
+    )
+    eps = (EntryPointInfo(STAT_LOGGERS, "good", "two_loggers:Logger"),)
+    results = run_group(Target("two_loggers", "0.1.0", "project", eps, (), None, overlay))
+    assert {k: r.status for k, r in results.items()} == dict.fromkeys(MUTANTS, "passed")
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def test_not_a_class_problem_tells_functions_instances_and_other_objects_apart():
+    function = {
+        "describe": {"kind": "function", "qualname": "p.make", "repr": ""},
+        "params": ["vllm_config", "engine_index"],
+        "type": "builtins.function",
+    }
+    assert "p.make(vllm_config, engine_index)" in checks.not_a_class_problem(function)
+    assert "stat_loggers=" in checks.not_a_class_problem(function)
+    instance = {
+        "describe": {"kind": "other", "repr": "<p.L object>"},
+        "type": "p.L",
+        "instance_of_base": True,
+    }
+    assert "an instance of p.L" in checks.not_a_class_problem(instance)
+    other = {"describe": {"kind": "other", "repr": "42"}, "type": "builtins.int"}
+    assert checks.not_a_class_problem(other).endswith("(a builtins.int), not a class.")
+
+
+@pytest.mark.parametrize(
+    ("params", "aggregate", "expected"),
+    [
+        (["self", "vllm_config", "engine_index"], False, ""),
+        (["self", "vllm_config"], False, "no `engine_index`"),
+        (["self", "*args", "**kwargs"], False, ""),
+        (["self", "vllm_config", "engine_indexes"], True, ""),
+        (["self", "vllm_config", "engine_index"], True, "`engine_indexes=`"),
+        (None, False, ""),
+    ],
+)
+def test_init_hint(params, aggregate, expected):
+    hint = checks.init_hint(params, aggregate)
+    assert (expected in hint) if expected else hint == ""
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (["self", "scheduler_stats", "iteration_stats", "mm_cache_stats", "engine_idx"], ""),
+        (["self", "scheduler_stats", "iteration_stats", "engine_idx"], "pre-v0.11 form"),
+        (["self", "scheduler_stats", "iteration_stats", "mm_cache_stats"], "`engine_idx=`"),
+        (["self", "*args", "**kwargs"], ""),
+        (None, ""),
+    ],
+)
+def test_record_hint(params, expected):
+    hint = checks.record_hint(params)
+    assert (expected in hint) if expected else hint == ""
