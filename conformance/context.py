@@ -27,6 +27,21 @@ def target_entry_point(group, name):
         raise LookupError(f"entry point {group}:{name} is not discoverable")
     return found[-1]
 
+def _err(exc):
+    """An exception as text: its type, message and the last frames of its traceback."""
+    import traceback
+    return f"{type(exc).__name__}: {exc}\\n" + "".join(traceback.format_exception(exc)[-6:])
+
+def _params(func):
+    """Parameter names of `func` (`*args`, `**kwargs` marked), or None if it has no signature."""
+    import inspect
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    return [star.get(p.kind, "") + p.name for p in params]
+
 def describe(obj):
     """A JSON-able sketch of a loaded object."""
     import inspect

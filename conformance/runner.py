@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import time
 import traceback
@@ -91,11 +92,15 @@ def run_planned(
     except Exception:
         status = "error"
         message = f"[{check.id}] the check itself crashed:\n{traceback.format_exc()}"
-    if status in ("failed", "error") and _needs_missing_torch(message):
+    missing = (
+        _missing_dependency(message, session.target) if status in ("failed", "error") else None
+    )
+    if missing is not None:
         status = "skipped"
         message = (
-            "capability skip: the plugin needs torch, which is not installed here "
-            "(install vllm-plugin-conformance[engine] with torch to run this check)"
+            f"capability skip: the plugin needs {missing}, which is not installed here (install "
+            "the plugin's dependencies, or vllm-plugin-conformance[engine] for torch, to run "
+            "this check)"
         )
     reason = _expected_reason(item, expected_failures or {})
     if reason is not None:
@@ -114,9 +119,23 @@ def run_planned(
     )
 
 
-def _needs_missing_torch(message: str) -> bool:
-    """A failure caused only by torch being absent: vLLM itself cannot run without torch."""
-    return "No module named 'torch'" in message and importlib.util.find_spec("torch") is None
+_NO_MODULE = re.compile(r"No module named '([A-Za-z0-9_]+)")
+
+
+def _missing_dependency(message: str, target: Target) -> str | None:
+    """The module whose absence alone caused a failure, if the plugin may rightly expect it.
+
+    torch (vLLM's own dependency) and the plugin's declared requirements count; an import of
+    anything else that fails is the plugin's fault. Overlays do not install dependencies.
+    """
+    declared = {"torch"}
+    for raw in target.requires:
+        name = re.split(r"[\s;<>=!~\[(]", raw.strip(), maxsplit=1)[0]
+        declared.add(name.lower().replace("-", "_"))
+    for module in _NO_MODULE.findall(message):
+        if module.lower() in declared and importlib.util.find_spec(module) is None:
+            return module
+    return None
 
 
 def _expected_reason(item: Planned, expected: Mapping[str, str]) -> str | None:

@@ -20,8 +20,6 @@ GENERAL_RUN = r"""
 import importlib, importlib.util, sys, time, traceback, warnings
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 def _entry(value):
     module = getattr(value, "module_name", None)

@@ -43,16 +43,7 @@ IO_EXAMINE = r"""
 import importlib, inspect, traceback
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
-def _params(func):
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
-    return [star.get(p.kind, "") + p.name for p in params]
 
 import vllm.plugins.io_processors
 from vllm.plugins.io_processors.interface import IOProcessor
@@ -104,8 +95,6 @@ import dataclasses, importlib, json, traceback
 from collections.abc import Mapping
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 def _short(value):
     return repr(value)[:200]

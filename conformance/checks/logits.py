@@ -32,8 +32,6 @@ LOGITS_RUN = r"""
 import copy, importlib, importlib.util, inspect, random, re, sys, traceback, types
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 def _short(exc):
     return f"{type(exc).__name__}: {exc}"[:300]

@@ -31,8 +31,6 @@ CACHE = os.environ["VLLM_LORA_RESOLVER_CACHE_DIR"]
 PLUGIN_DIR = os.path.join(W, "plugin")
 OUTSIDE = os.path.join(W, "outside", "escapee")
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-4:])
 
 def _name(obj):
     cls = type(obj)

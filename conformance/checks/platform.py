@@ -30,8 +30,6 @@ PLATFORM_DETECT = r"""
 import logging, os, re, sys, traceback
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 def _answer(func):
     try:
@@ -113,8 +111,6 @@ import importlib, importlib.util, inspect, sys, traceback
 R = probe.result
 MISSING = object()
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 def _resolve(qualname):
     module, _, attr = qualname.rpartition(".")
@@ -129,13 +125,6 @@ def _value(value):
         out["value"] = value
     return out
 
-def _params(method):
-    try:
-        params = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
-    return [star.get(p.kind, "") + p.name for p in params]
 
 import vllm.platforms
 from vllm.platforms.interface import Platform, PlatformEnum

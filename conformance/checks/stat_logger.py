@@ -25,16 +25,7 @@ STAT_LOGGER_EXAMINE = r"""
 import inspect, traceback
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
-def _params(func):
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
-    return [star.get(p.kind, "") + p.name for p in params]
 
 from vllm.v1.metrics.loggers import (
     AggregateStatLoggerBase, StatLoggerBase, load_stat_logger_plugin_factories)
@@ -71,8 +62,6 @@ STAT_LOGGER_DRIVE = r"""
 import traceback
 R = probe.result
 
-def _err(exc):
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-6:])
 
 import vllm.v1.metrics.loggers as loggers
 from vllm.config import VllmConfig
