@@ -21,6 +21,10 @@ _LAZY = {
     "PoolingRequestOutput": "reference.outputs",
     "TextPrompt": "reference.inputs",
     "TokensPrompt": "reference.inputs",
+    "LLM": "reference.engine.llm",
+    "AsyncLLM": "reference.engine.async_llm",
+    "EngineArgs": "reference.engine.args",
+    "AsyncEngineArgs": "reference.engine.args",
 }
 
 

@@ -54,6 +54,11 @@ class ModelConfig:
     logits_processors: list[str | type] | None = None
     runner_type: str = "generate"
     enforce_eager: bool = True
+    #: How a pooling model pools (an object with `pooling_type`/`normalize`, or None).
+    pooler_config: Any = None
+    skip_tokenizer_init: bool = False
+    #: The name requests use for the base model (`served_model_name`, else `model`).
+    served_model_name: str | None = None
 
     @property
     def architectures(self) -> list[str]:

@@ -67,6 +67,18 @@ SURFACE: dict[str, str] = {
     "vllm.v1.worker.gpu.sample.logits_processor.interface": "reference.logits.v2",
     "vllm.v1.worker.gpu.sample.logits_processor.loader": "reference.logits.loader",
     "vllm.exceptions": "reference.logits.errors",
+    # the engine: entry points, engine core, executors and workers
+    "vllm.engine.arg_utils": "reference.engine.args",
+    "vllm.entrypoints.llm": "reference.engine.llm",
+    "vllm.logprobs": "reference.engine.llm",
+    "vllm.v1.engine.async_llm": "reference.engine.async_llm",
+    "vllm.v1.engine.core": "reference.engine.core",
+    "vllm.v1.executor.abstract": "reference.engine.executor",
+    "vllm.v1.executor.multiproc_executor": "reference.engine.executor",
+    "vllm.v1.executor.uniproc_executor": "reference.engine.executor",
+    "vllm.v1.worker.worker_base": "reference.engine.worker",
+    "vllm.v1.worker.cpu_worker": "reference.engine.worker",
+    "vllm.v1.worker.gpu_worker": "reference.engine.worker",
 }
 
 _FACADE_NAME = "vllm"

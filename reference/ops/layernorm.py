@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from reference.logger import init_logger, warning_once
 from reference.ops.custom_op import CustomOp
+
+logger = init_logger("vllm.model_executor.layers.layernorm")
 
 
 @CustomOp.register("rms_norm")
@@ -40,6 +43,25 @@ class RMSNorm(CustomOp):
         if self.weight is not None:
             x = x * self.weight
         return x if residual is None else (x, residual)
+
+    def forward_cuda(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The Triton kernel (same results as `forward_native`), else `forward_native`.
+
+        The fallback is logged once per reason: a missing Triton must not stop a model from
+        running, but the user should learn why the kernel is not used.
+        """
+        # Imported here: importing Triton is slow and must follow any TRITON_* settings.
+        from reference.ops import triton_rmsnorm
+
+        reason = triton_rmsnorm.unavailable_reason(x.device)
+        if reason is None and x.dtype not in triton_rmsnorm.SUPPORTED_DTYPES:
+            reason = f"the kernel takes float32, float16 or bfloat16 input, not {x.dtype}"
+        if reason is not None:
+            warning_once(logger, "RMSNorm.forward_cuda runs forward_native: %s.", reason)
+            return self.forward_native(x, residual)
+        return triton_rmsnorm.rms_norm(x, self.weight, self.variance_epsilon, residual)
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, eps={self.variance_epsilon}"

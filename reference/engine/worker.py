@@ -1,0 +1,168 @@
+"""Workers (`vllm.v1.worker.worker_base`, `cpu_worker`, `gpu_worker`): what runs a model.
+
+`WorkerWrapperBase.init_worker` loads the general plugins of the worker's process, resolves
+the platform there and builds the class named by `parallel_config.worker_cls`, as vLLM 0.32
+does. Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from reference.config import VllmConfig, set_current_vllm_config
+from reference.logger import init_logger
+from reference.utils import resolve_obj_by_qualname
+
+logger = init_logger("vllm.v1.worker.worker_base")
+
+
+class WorkerBase:
+    """A worker: one device, one model runner. Subclasses pick the device."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        local_rank: int = 0,
+        rank: int = 0,
+        distributed_init_method: str | None = None,
+        is_driver_worker: bool = False,
+    ) -> None:
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.parallel_config = vllm_config.parallel_config
+        self.local_rank = local_rank
+        self.rank = rank
+        self.distributed_init_method = distributed_init_method
+        self.is_driver_worker = is_driver_worker
+        self.device: Any = None
+        self.model_runner: Any = None
+
+    def device_name(self) -> str:
+        return "cpu"
+
+    def init_device(self) -> None:
+        import torch
+
+        from reference.engine.model_runner import ModelRunner
+
+        self.device = torch.device(self.device_name())
+        self.model_runner = ModelRunner(self.vllm_config, self.device)
+
+    def load_model(self) -> None:
+        with set_current_vllm_config(self.vllm_config):
+            self.model_runner.load_model()
+
+    def execute_model(self, scheduler_output: Any) -> Any:
+        with set_current_vllm_config(self.vllm_config):
+            return self.model_runner.execute_model(scheduler_output)
+
+    def get_model(self) -> Any:
+        return self.model_runner.model
+
+    def _lora_manager(self) -> Any:
+        manager = self.model_runner.lora_manager
+        if manager is None:
+            raise ValueError("LoRA is off in this engine; build it with enable_lora=True.")
+        return manager
+
+    def add_lora(self, lora_request: Any) -> bool:
+        """Load an adapter now (it stays loaded until evicted by more than max_loras)."""
+        self._lora_manager().activate(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        return self._lora_manager().remove(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        return self._lora_manager().list_loras()
+
+    # Introspection RPCs: what this worker's process sees (used by tests and conformance).
+
+    def describe_process(self) -> dict[str, Any]:
+        """This worker's pid, rank, platform and worker class."""
+        from reference.platforms import current_platform
+
+        return {
+            "pid": os.getpid(),
+            "rank": self.rank,
+            "platform": type(current_platform).__qualname__,
+            "device_name": current_platform.device_name,
+            "worker_cls": f"{type(self).__module__}.{type(self).__qualname__}",
+        }
+
+    def custom_op_class(self, op_name: str = "RotaryEmbedding") -> str:
+        """The class an in-tree custom op constructs as in this worker (after OOT replacement)."""
+        import torch
+
+        with set_current_vllm_config(self.vllm_config):
+            if op_name == "RotaryEmbedding":
+                from reference.ops.rotary_embedding import RotaryEmbedding
+
+                op = RotaryEmbedding(64, 64, 256, 10000.0, True, torch.float32)
+            elif op_name == "RMSNorm":
+                from reference.ops.layernorm import RMSNorm
+
+                op = RMSNorm(64)
+            else:
+                raise ValueError(f"Unknown op {op_name!r}; use 'RotaryEmbedding' or 'RMSNorm'.")
+        return f"{type(op).__module__}.{type(op).__qualname__}"
+
+
+class CPUWorker(WorkerBase):
+    """A worker computing on the host CPU."""
+
+
+class GPUWorker(WorkerBase):
+    """A worker on CUDA device `local_rank`."""
+
+    def device_name(self) -> str:
+        return f"cuda:{self.local_rank}"
+
+    def init_device(self) -> None:
+        import torch
+
+        torch.cuda.set_device(self.local_rank)
+        super().init_device()
+
+
+class WorkerWrapperBase:
+    """Holds the worker of one rank; `init_worker` builds it in the process that will run it."""
+
+    def __init__(self, vllm_config: VllmConfig | None = None, rpc_rank: int = 0) -> None:
+        self.rpc_rank = rpc_rank
+        self.vllm_config = vllm_config
+        self.worker: WorkerBase | None = None
+
+    def init_worker(self, all_kwargs: list[dict[str, Any]]) -> None:
+        """Load this process's general plugins, resolve its platform, build the worker."""
+        kwargs = all_kwargs[self.rpc_rank]
+        vllm_config: VllmConfig = kwargs["vllm_config"]
+        self.vllm_config = vllm_config
+        # Plugins must be loaded in every process (contract §5): a worker is often a fresh
+        # interpreter whose registries are empty.
+        from reference.plugins import load_general_plugins
+
+        load_general_plugins()
+        from reference.platforms import current_platform
+
+        logger.debug("Worker rank %d runs on platform %s", self.rpc_rank, current_platform)
+        worker_cls = vllm_config.parallel_config.worker_cls
+        if worker_cls == "auto":
+            raise ValueError(
+                "parallel_config.worker_cls is still 'auto': the platform's "
+                "check_and_update_config() must set it to the worker class to use."
+            )
+        cls = resolve_obj_by_qualname(worker_cls) if isinstance(worker_cls, str) else worker_cls
+        with set_current_vllm_config(vllm_config):
+            self.worker = cls(**kwargs)
+
+    def execute_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        target = self if self.worker is None or hasattr(type(self), method) else self.worker
+        return getattr(target, method)(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        worker = self.__dict__.get("worker")
+        if worker is None:
+            raise AttributeError(name)
+        return getattr(worker, name)
