@@ -107,3 +107,11 @@ def test_recommended_failures_warn_without_failing_the_run(pytester, tmp_path):
     [row] = [c for c in report["checks"] if c["id"] == "package.declares-vllm-requirement"]
     assert row["status"] == "failed" and row["level"] == "recommended"
     assert report["summary"]["verdict"] == "certified"
+
+
+def test_junit_xml_comes_through_pytest(pytester, tmp_path):
+    junit = tmp_path / "junit.xml"
+    _run(pytester, "--plugin-under-test=general.runs", f"--junitxml={junit}", "-q")
+    xml = junit.read_text()
+    assert 'name="general.runs[vllm.general_plugins:general_runs]"' in xml
+    assert "<failure" in xml and "[general.runs]" in xml

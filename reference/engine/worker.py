@@ -117,12 +117,15 @@ class GPUWorker(WorkerBase):
     """A worker on CUDA device `local_rank`."""
 
     def device_name(self) -> str:
-        return f"cuda:{self.local_rank}"
+        import torch
+
+        # Replicas may outnumber the devices: ranks share them round-robin.
+        return f"cuda:{self.local_rank % max(1, torch.cuda.device_count())}"
 
     def init_device(self) -> None:
         import torch
 
-        torch.cuda.set_device(self.local_rank)
+        torch.cuda.set_device(torch.device(self.device_name()))
         super().init_device()
 
 
