@@ -200,3 +200,30 @@ def test_lora_requests_with_and_without_adapters_share_a_batch():
         assert mixed[0].lora_request is adapter
     finally:
         llm.shutdown()
+
+
+def test_lora_greedy_output_equals_the_peft_merged_model():
+    peft = pytest.importorskip("peft")
+    import transformers
+
+    from fixtures.generators.lora_adapter import tiny_llama_lora
+    from reference.engine.llm import LLM
+    from reference.lora.request import LoRARequest
+    from reference.sampling_params import SamplingParams
+
+    base = tiny_llama()
+    adapter_dir = tiny_llama_lora(base, seed=3)
+    ids = [1, 72, 105, 33, 40]
+    llm = LLM(model=str(base), enable_lora=True)
+    try:
+        params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+        request = LoRARequest("merged", 7, str(adapter_dir))
+        out = llm.generate({"prompt_token_ids": ids}, params, lora_request=request)
+    finally:
+        llm.shutdown()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(base))
+    merged = peft.PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
+    ref = merged.generate(
+        torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    assert out[0].outputs[0].token_ids == ref[0, len(ids) :].tolist()
