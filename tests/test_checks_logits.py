@@ -12,7 +12,7 @@ from conformance.checks import load_catalog
 from conformance.checks import logits as checks
 from conformance.context import Session
 from conformance.overlay import Overlay, fixtures_root
-from conformance.runner import CheckResult, plan, run_checks, run_planned
+from conformance.runner import CheckResult, plan, run_planned
 from conformance.target import EntryPointInfo, Target, resolve_target
 
 GROUP = "logits"
@@ -72,12 +72,19 @@ class NoTorchSession(Session):
         return super().probe(NO_TORCH_PATCH + textwrap.dedent(code), **kwargs)
 
 
+#: Checks that run a real engine: tested (mutant and good fixtures) in test_checks_engine_run.py,
+#: and left out of this file's runs, which stay fast.
+ENGINE_RUN = ["logits.engine-run"]
+
+
 def run_group(
     target: Target, session: Session | None = None, only: set[str] | None = None
 ) -> dict[str, CheckResult]:
     """Run the logits checks (or `only` these) on `target`, keyed by check id."""
     catalog = {
-        k: v for k, v in load_catalog().items() if v.group == GROUP and (not only or k in only)
+        k: v
+        for k, v in load_catalog().items()
+        if v.group == GROUP and (not only or k in only) and k not in ENGINE_RUN
     }
     if session is None:
         # Checks that only examine the class are quicker without importing torch.
@@ -127,14 +134,14 @@ def minimal_v2(name: str, body: str = "pass") -> Target:
 
 def test_every_logits_check_has_a_mutant():
     ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
-    assert ids == sorted(MUTANTS), "each logits check needs a mutant named after it"
+    assert ids == sorted(MUTANTS + ENGINE_RUN), "each logits check needs a mutant named after it"
 
 
 @pytest.mark.parametrize("check_id", MUTANTS)
 def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
     if check_id in DRIVING:
         pytest.importorskip("torch")
-    results = {r.id: r for r in run_checks(resolve_target(check_id)) if r.group == GROUP}
+    results = run_group(resolve_target(check_id))
     result = results[check_id]
     assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
     assert result.message.startswith(f"[{check_id}]")

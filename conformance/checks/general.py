@@ -330,3 +330,185 @@ def check_fast_import(ctx: CheckContext) -> None:
             f"Loading took {run['load_s']:.2f} s and the call {run['call_s']:.2f} s "
             f"({spent:.2f} s > {FAST_IMPORT_BUDGET_S:g} s)."
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Engine runs: the plugin's models built and run by a real engine on generated checkpoints.
+
+#: Seconds an engine-run probe may take: importing torch and transformers, generating a tiny
+#: checkpoint the first time (cached afterwards) and a few engine steps, with room to spare.
+ENGINE_RUN_TIMEOUT_S = 240.0
+#: What an engine run needs besides the engine: the model stack and the checkpoint generators.
+ENGINE_RUN_DEPS = ("torch", "transformers", "safetensors", "tokenizers")
+
+#: Prepended to engine-run probes: which dependencies are missing, and tiny checkpoints.
+ENGINE_RUN_PRELUDE = r"""
+import importlib.util as _ilu
+ENGINE_MISSING = [m for m in ENGINE_RUN_DEPS if _ilu.find_spec(m) is None]
+probe.result["missing"] = ENGINE_MISSING
+
+def tiny_checkpoint(family, architecture=None):
+    # The harness's seeded generators (cached on disk), shipped as conformance.fixtures.
+    from conformance.fixtures.generators.checkpoint import tiny_checkpoint as _tiny
+    from conformance.fixtures.generators.checkpoint import with_architecture
+    path = _tiny(family)
+    return str(with_architecture(path, architecture) if architecture else path)
+
+def shut(llm):
+    try:
+        llm.shutdown()
+    except Exception:
+        pass
+"""
+
+
+def engine_run_code(code: str) -> str:
+    """`code` preceded by the engine-run prelude (dependency check, checkpoint helpers)."""
+    return f"ENGINE_RUN_DEPS = {ENGINE_RUN_DEPS!r}\n" + ENGINE_RUN_PRELUDE + code
+
+
+def skip_if_engine_missing(values: dict[str, Any]) -> None:
+    """Capability-skip an engine-run check whose probe found the model stack missing."""
+    if values.get("missing"):
+        skip(
+            f"{', '.join(values['missing'])} not installed here, so no engine can run a model "
+            "(install the engine extra: torch, transformers, safetensors, tokenizers)"
+        )
+
+
+MODELS_RUN = r"""
+import importlib
+R = probe.result
+#: Family by the module a class of the MRO comes from (vllm.model_executor.models.<family>),
+#: else by its name's prefix.
+FAMILIES = {"opt": ("OPT",), "llama": ("Llama",), "gpt2": ("GPT2",)}
+
+def _family(cls):
+    for klass in cls.__mro__:
+        last = klass.__module__.rsplit(".", 1)[-1]
+        if last in FAMILIES:
+            return last
+    for klass in cls.__mro__:
+        for family, prefixes in FAMILIES.items():
+            if klass.__name__.startswith(prefixes):
+                return family
+    return None
+
+if not ENGINE_MISSING:
+    from vllm import ModelRegistry
+    before = set(ModelRegistry.get_supported_archs())
+    try:
+        target_entry_point(EP_GROUP, EP_NAME).load()()
+    except BaseException as exc:
+        R["plugin_error"] = _err(exc)
+    new = sorted(set(ModelRegistry.get_supported_archs()) - before)
+    R["new"] = new
+    runs = {}
+    for arch in new if "plugin_error" not in R else ():
+        info = runs[arch] = {}
+        try:
+            entry = ModelRegistry.models[arch]
+            if getattr(entry, "module_name", None):
+                cls = getattr(importlib.import_module(entry.module_name), entry.class_name)
+            else:
+                cls = getattr(entry, "model_cls", entry)
+            info["mro"] = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__][:6]
+            info["family"] = _family(cls)
+        except BaseException as exc:
+            info["error"] = {"stage": "resolving the class", "error": _err(exc)}
+            continue
+        if info["family"] is None:
+            continue
+        stage = "generating the checkpoint"
+        try:
+            model = tiny_checkpoint(info["family"], arch)
+            from vllm import LLM, SamplingParams
+            stage = "building LLM(model=...)"
+            llm = LLM(model=model, max_num_seqs=2, max_model_len=128,
+                      distributed_executor_backend="uni")
+            prompts = ["Hello", {"prompt_token_ids": [1, 5, 6]}]
+            if llm.vllm_config.model_config.is_pooling_model:
+                info["task"] = "encode"
+                stage = "LLM.encode(2 prompts)"
+                outs = llm.encode(prompts)
+                info["outputs"] = [o.outputs.data is not None for o in outs]
+            else:
+                info["task"] = "generate"
+                stage = "LLM.generate(2 prompts, max_tokens=2)"
+                params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+                outs = llm.generate(prompts, params)
+                info["outputs"] = [list(o.outputs[0].token_ids) for o in outs]
+                hf_config = llm.vllm_config.model_config.hf_config
+                info["vocab"] = getattr(hf_config, "vocab_size", None)
+            shut(llm)
+        except BaseException as exc:
+            info["error"] = {"stage": stage, "error": _err(exc)}
+    R["runs"] = runs
+"""
+
+
+def run_problem(arch: str, info: dict[str, Any]) -> str | None:
+    """What is wrong with one architecture's engine run, or None if it ran as it should."""
+    if "error" in info:
+        return (
+            f"{arch} ({info.get('family') or '?'} family): {info['error']['stage']} raised:\n"
+            + (info["error"]["error"].rstrip())
+        )
+    if info.get("family") is None:
+        return None
+    outputs = info.get("outputs") or []
+    if len(outputs) != 2:
+        return f"{arch}: {info['task']} returned {len(outputs)} output(s) for 2 prompts."
+    if info["task"] == "encode":
+        if not all(outputs):
+            return f"{arch}: encode returned outputs without data."
+        return None
+    vocab = info.get("vocab")
+    for tokens in outputs:
+        if len(tokens) != 2:
+            return f"{arch}: generate asked for 2 tokens and produced {tokens}."
+        if vocab and any(not 0 <= t < vocab for t in tokens):
+            return f"{arch}: generate produced token ids {tokens}, outside 0..{vocab - 1}."
+    return None
+
+
+@check(
+    "general.models-run",
+    title="every architecture the plugin registers builds and runs a forward pass in the engine",
+    fix="Make each registered model class construct from `vllm_config`, load its checkpoint's "
+    "weights and return hidden states of shape [num_tokens, hidden_size] from `forward` and "
+    "logits of shape [num_tokens, vocab_size] from `compute_logits` (pooling models: `pool`).",
+)
+def check_models_run(ctx: CheckContext) -> None:
+    """Registering an architecture proves nothing about the model: a constructor that reads a
+    config field the checkpoint lacks, or a `forward` that returns the wrong shape, only shows
+    when a user serves it. For every architecture the plugin registers whose class derives
+    from a family the harness can generate a checkpoint for (OPT, Llama, GPT-2, judged by the
+    MRO), the probe writes a tiny seeded checkpoint naming that architecture, builds
+    `LLM(model=...)` and generates 2 tokens for 2 prompts (`encode` for pooling models)."""
+    assert ctx.entry_point is not None
+    # The shared probe already knows whether there is anything to run: no engine otherwise.
+    if not _called(ctx)["new_models"]:
+        skip("the plugin registers no model architectures")
+    result = ctx.session.memo(
+        f"models_run {ctx.entry_point.key}",
+        lambda: ctx.probe(engine_run_code(MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
+    )
+    if not result.ok:
+        fail(f"Running the plugin's models in a fresh process {result.describe()}")
+    run = result.values
+    skip_if_engine_missing(run)
+    if "plugin_error" in run:
+        fail(f"The plugin raised when called (see general.runs):\n{run['plugin_error']}")
+    if not run["new"]:
+        skip("the plugin registers no model architectures")
+    runs = run["runs"]
+    problems = [p for arch, info in sorted(runs.items()) if (p := run_problem(arch, info))]
+    if problems:
+        fail("\n".join(problems))
+    if all(info.get("family") is None for info in runs.values()):
+        shown = "; ".join(f"{a} ({' < '.join(i.get('mro', [])[:3])})" for a, i in runs.items())
+        skip(
+            "no registered architecture derives from a family the harness can generate a "
+            f"checkpoint for (OPT, Llama, GPT-2): {shown}"
+        )

@@ -14,6 +14,17 @@ or plain methods; they are called on a constructed instance):
 - `conformance_sample_request()` returns a valid request's `data`, what a client would send;
 - `conformance_fake_outputs(prompts)` returns plausible `PoolingRequestOutput`s, one per prompt
   `pre_process` returned, in order.
+
+`io_processor.engine-run` takes the sample request through a real engine, which needs a
+checkpoint of the model the processor feeds. The harness generates one when a checkpoint it
+can make names the plugin in its `config.json` (`tiny_segmentation()` names
+`prithvi_to_tiff`); any plugin can provide its own through a third optional hook, a class or
+static method on the processor class:
+
+- `conformance_checkpoint(workdir)` writes (or finds) a small local checkpoint of the model
+  the processor feeds and returns its directory; `workdir` is an empty scratch directory.
+  Models the checkpoint names must be registered by the plugin's distribution (a general
+  plugin) or built in.
 """
 
 from __future__ import annotations
@@ -599,4 +610,111 @@ def check_rejects_bad_input(ctx: CheckContext) -> None:
             "Malformed data was not rejected with ValueError:\n  "
             + "\n  ".join(problems)
             + (f"\n{hint}" if hint else "")
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Engine run: the sample request through a real engine.
+
+CHECKPOINT_HOOK = "conformance_checkpoint"
+
+IO_ENGINE_RUN = r"""
+import importlib, json, tempfile
+R = probe.result
+
+def _generated(name):
+    # Checkpoints the harness can make, keyed by the IO processor their config.json names.
+    from conformance.fixtures.generators import segmentation
+    if name == segmentation.IO_PROCESSOR_PLUGIN:
+        return str(segmentation.tiny_segmentation())
+    return None
+
+if not ENGINE_MISSING:
+    module, _, attr = QUALNAME.rpartition(".")
+    cls = getattr(importlib.import_module(module), attr)
+    R["has_sample"] = hasattr(cls, SAMPLE_HOOK)
+    R["has_checkpoint_hook"] = hasattr(cls, CHECKPOINT_HOOK)
+    stage = None
+    try:
+        if R["has_sample"]:
+            if R["has_checkpoint_hook"]:
+                stage = f"{CHECKPOINT_HOOK}(workdir)"
+                model = str(getattr(cls, CHECKPOINT_HOOK)(tempfile.mkdtemp(prefix="ckpt-")))
+            else:
+                stage = "generating the checkpoint"
+                model = _generated(EP_NAME)
+            R["model"] = model
+        if R["has_sample"] and R["model"]:
+            from vllm import LLM
+            stage = f"LLM(model=..., io_processor_plugin={EP_NAME!r})"
+            llm = LLM(model=model, io_processor_plugin=EP_NAME, max_num_seqs=2)
+            processor = getattr(llm, "io_processor", None)
+            R["processor"] = None if processor is None else type(processor).__qualname__
+            stage = f"{SAMPLE_HOOK}()"
+            request = getattr(processor if processor is not None else cls, SAMPLE_HOOK)()
+            stage = "LLM.encode(sample, pooling_task='plugin')"
+            outs = llm.encode(request, pooling_task="plugin")
+            R["count"] = len(outs)
+            R["result_type"] = type(outs[0].outputs).__qualname__ if outs else None
+            R["result_none"] = bool(outs) and outs[0].outputs is None
+            shut(llm)
+    except BaseException as exc:
+        R["engine_error"] = {"stage": stage, "error": _err(exc)}
+"""
+
+
+@check(
+    "io_processor.engine-run",
+    title="the plugin's sample request runs end to end through LLM.encode in a real engine",
+    fix="Make pre_process build prompts the model accepts and post_process read the outputs "
+    "the engine really returns (`output.outputs.data`: the shape the model's pooler gives), "
+    "and check them against a real model, not only hand-made outputs.",
+)
+def check_engine_run(ctx: CheckContext) -> None:
+    """Hand-made outputs (`conformance_fake_outputs`) only show that post_process agrees with
+    the plugin's own idea of the model. Here the plugin's sample request goes through a real
+    engine: `LLM(model=<checkpoint>, io_processor_plugin=<entry point name>)` and
+    `encode(sample, pooling_task="plugin")`, which runs parse_data, merge_pooling_params,
+    pre_process, the model on every prompt and post_process on its real outputs. The
+    checkpoint comes from the plugin's `conformance_checkpoint(workdir)` class method, else
+    from the harness's generators when one names the plugin in its config.json; the check is
+    skipped without a sample request or a checkpoint."""
+    from conformance.checks.general import (
+        ENGINE_RUN_TIMEOUT_S,
+        engine_run_code,
+        skip_if_engine_missing,
+    )
+
+    assert ctx.entry_point is not None
+    examined = _class(ctx)
+    qualname = examined["answer"]["value"]
+    constants = {
+        "QUALNAME": qualname,
+        "SAMPLE_HOOK": SAMPLE_HOOK,
+        "CHECKPOINT_HOOK": CHECKPOINT_HOOK,
+    }
+    header = "".join(f"{k} = {json.dumps(v)}\n" for k, v in constants.items())
+    result = ctx.session.memo(
+        f"io_engine_run {ctx.entry_point.key}",
+        lambda: ctx.probe(engine_run_code(header + IO_ENGINE_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
+    )
+    if not result.ok:
+        fail(f"Running {qualname} in an engine in a fresh process {result.describe()}")
+    run = result.values
+    skip_if_engine_missing(run)
+    if "engine_error" in run:
+        error = run["engine_error"]
+        fail(f"{error['stage']} raised:\n{error['error'].rstrip()}")
+    if not run["has_sample"]:
+        skip(f"the plugin provides no sample request (no {SAMPLE_HOOK}() on its class)")
+    if not run.get("model"):
+        skip(
+            f"no checkpoint for the model the plugin feeds: the harness generates none that "
+            f"names {ctx.entry_point.name!r}, and the class has no {CHECKPOINT_HOOK}(workdir)"
+        )
+    if run["count"] != 1 or run["result_none"]:
+        fail(
+            f"encode(sample, pooling_task='plugin') returned {run['count']} output(s) "
+            f"(result {run['result_type']}); the engine returns one output holding "
+            "post_process's result."
         )

@@ -748,3 +748,112 @@ def check_validate_params(ctx: CheckContext) -> None:
     ]
     if problems:
         fail("\n".join(problems).rstrip() + hint)
+
+
+# --------------------------------------------------------------------------------------------
+# Engine run: the processor inside a real engine's batches.
+
+#: Requests of different lengths through two slots, so the batch grows and shrinks between
+#: steps; every other one carries the `extra_args` the processor seems to read.
+ENGINE_LENGTHS = (2, 5, 3, 4, 1, 8)
+ENGINE_PROMPTS = ("a", "bb", "ccc", "dddd", "e", "ff")
+
+LOGITS_ENGINE_RUN = r"""
+R = probe.result
+
+if not ENGINE_MISSING:
+    from vllm import LLM, SamplingParams
+    cls = target_entry_point(EP_GROUP, EP_NAME).load()
+    validate = getattr(cls, "validate_params", None)
+
+    def _accepted(extra):
+        # Only values the processor's own validator accepts: a rejection is not a failure.
+        try:
+            params = SamplingParams(max_tokens=1, extra_args=extra)
+            if callable(validate):
+                validate(params)
+        except Exception:
+            return False
+        return True
+
+    chosen = []
+    for key in KEYS:
+        for value in USE_VALUES:
+            if _accepted({key: value}):
+                chosen.append({key: value})
+                break
+    R["extra_args"] = chosen
+    stage = "LLM(model=tiny_llama, max_num_seqs=2)"
+    try:
+        llm = LLM(model=tiny_checkpoint("llama"), max_num_seqs=2, max_model_len=128)
+        R["v2"] = getattr(llm.vllm_config, "use_v2_model_runner", None)
+        params = []
+        for i, n in enumerate(LENGTHS):
+            extra = chosen[(i // 2) % len(chosen)] if chosen and i % 2 == 0 else None
+            params.append(SamplingParams(max_tokens=n, temperature=0, ignore_eos=True,
+                                         extra_args=extra))
+        R["requests"] = [
+            f"SamplingParams(max_tokens={p.max_tokens}, extra_args={p.extra_args!r})"
+            for p in params]
+        stage = f"LLM.generate({len(PROMPTS)} prompts)"
+        outs = llm.generate(list(PROMPTS), params)
+        R["tokens"] = [len(o.outputs[0].token_ids) for o in outs]
+        shut(llm)
+    except BaseException as exc:
+        R["engine_error"] = {"stage": stage, "error": _err(exc)}
+"""
+
+
+@check(
+    "logits.engine-run",
+    title="in a real engine the processor survives batches that grow and shrink, and every "
+    "request gets its tokens",
+    fix="Size per-step buffers from the logits `apply` receives (or from max_num_reqs), never "
+    "from an earlier step's batch, and key request state by batch index (V1) or slot (V2) as "
+    "the engine's updates say.",
+)
+def check_engine_run(ctx: CheckContext) -> None:
+    """The simulated batches above are the harness's reading of the interface; here the
+    engine drives the processor. With the plugin installed (its entry point, as a user
+    installs it) and the interface it implements in force (`VLLM_USE_V2_MODEL_RUNNER=1` for
+    Model Runner V2 processors, `0` for V1), `LLM` on a tiny generated Llama with two slots
+    generates for six requests of different lengths, every other one carrying `extra_args`
+    the processor appears to read (values its `validate_params` accepts). Requests finish and
+    join between steps, so the batch grows and shrinks. Nothing may raise, and each request
+    must get exactly the tokens it asked for (EOS ignored)."""
+    from conformance.checks.general import (
+        ENGINE_RUN_TIMEOUT_S,
+        engine_run_code,
+        skip_if_engine_missing,
+    )
+
+    assert ctx.entry_point is not None
+    run = _constructed(ctx)
+    interface = run["interface"]
+    header = (
+        f"KEYS = {list(run.get('keys') or [])!r}\nUSE_VALUES = [1, [1, 2, 3], 0.5, True]\n"
+        f"LENGTHS = {list(ENGINE_LENGTHS)!r}\nPROMPTS = {list(ENGINE_PROMPTS)!r}\n"
+    )
+    env = {"VLLM_USE_V2_MODEL_RUNNER": "1" if interface == "v2" else "0"}
+    result = ctx.session.memo(
+        f"logits_engine_run {ctx.entry_point.key}",
+        lambda: ctx.probe(
+            engine_run_code(header + LOGITS_ENGINE_RUN), env=env, timeout=ENGINE_RUN_TIMEOUT_S
+        ),
+    )
+    if not result.ok:
+        fail(f"Generating with the processor in a fresh process {result.describe()}")
+    engine = result.values
+    skip_if_engine_missing(engine)
+    flag = env["VLLM_USE_V2_MODEL_RUNNER"]
+    where = f"under {interface_name(interface)} (VLLM_USE_V2_MODEL_RUNNER={flag})"
+    if "engine_error" in engine:
+        error = engine["engine_error"]
+        requests = "\n  ".join(engine.get("requests") or [])
+        shown = f"\nRequests (two slots):\n  {requests}" if requests else ""
+        fail(f"{error['stage']} {where} raised:\n{error['error'].rstrip()}{shown}")
+    if engine["tokens"] != list(ENGINE_LENGTHS):
+        fail(
+            f"Requests asked for {list(ENGINE_LENGTHS)} tokens (EOS ignored) {where} and got "
+            f"{engine['tokens']}."
+        )

@@ -733,3 +733,95 @@ def check_no_side_effects(ctx: CheckContext) -> None:
     changes = side_effects(run["before"], run["after"])
     if changes:
         fail(f"Calling the detection function {CALLS} times changed:\n  " + "\n  ".join(changes))
+
+
+# --------------------------------------------------------------------------------------------
+# Engine run: the platform's worker running a model.
+
+PLATFORM_WORKER_RUN = r"""
+R = probe.result
+
+if not ENGINE_MISSING:
+    stage = "resolving current_platform"
+    try:
+        import vllm.platforms
+        platform = vllm.platforms.current_platform
+        R["platform"] = f"{type(platform).__module__}.{type(platform).__qualname__}"
+        from vllm import LLM, SamplingParams
+        stage = "LLM(model=tiny_llama, distributed_executor_backend='uni')"
+        llm = LLM(model=tiny_checkpoint("llama"), max_num_seqs=2, max_model_len=128,
+                  distributed_executor_backend="uni")
+        R["worker_cls"] = str(llm.vllm_config.parallel_config.worker_cls)
+        stage = "LLM.generate(2 prompts, max_tokens=2)"
+        params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+        outs = llm.generate(["Hello", "abc"], params)
+        R["tokens"] = [len(o.outputs[0].token_ids) for o in outs]
+        shut(llm)
+    except BaseException as exc:
+        R["engine_error"] = {"stage": stage, "error": _err(exc)}
+"""
+
+
+def platform_worker_env(ctx: CheckContext) -> dict[str, str | None]:
+    """Admit this platform entry point and the target's general plugins (which may register
+    what the platform relies on, e.g. custom ops), and no other platform."""
+    assert ctx.entry_point is not None
+    names = [ctx.entry_point.name] + [
+        ep.name for ep in ctx.target.vllm_entry_points if ep.group == "vllm.general_plugins"
+    ]
+    return {"VLLM_PLUGINS": ",".join(dict.fromkeys(names))}
+
+
+@check(
+    "platform.worker-runs",
+    level="recommended",
+    title="a CPU platform's worker class initialises, loads a model and runs a step",
+    fix="Point worker_cls at a worker whose init_device and load_model work in a plain "
+    "process (derive from `vllm.v1.worker.cpu_worker.CPUWorker` and call super()), reading "
+    "only configuration the engine passes or that has a default.",
+)
+def check_worker_runs(ctx: CheckContext) -> None:
+    """`check_and_update_config` names the worker class, but nothing imports or builds it
+    until an engine starts: `init_device`, `load_model` and `execute_model` run only then.
+    For an active platform whose `device_type` is 'cpu' (the only device the harness can
+    count on), `LLM` on a tiny generated Llama, with this platform and the distribution's
+    general plugins admitted and the uniprocess executor, must generate 2 tokens for each of
+    2 prompts. Other device types are skipped."""
+    from conformance.checks.general import (
+        ENGINE_RUN_TIMEOUT_S,
+        engine_run_code,
+        skip_if_engine_missing,
+    )
+
+    assert ctx.entry_point is not None
+    run = _class_target(ctx)
+    device = (run.get("attrs") or {}).get("device_type", {}).get("value")
+    if device != "cpu":
+        skip(
+            f"the platform's device_type is {device!r}, not 'cpu': only CPU platforms are run "
+            "by the harness"
+        )
+    result = ctx.session.memo(
+        f"platform_worker_run {ctx.entry_point.key}",
+        lambda: ctx.probe(
+            engine_run_code(PLATFORM_WORKER_RUN),
+            env=platform_worker_env(ctx),
+            timeout=ENGINE_RUN_TIMEOUT_S,
+        ),
+    )
+    if not result.ok:
+        fail(f"Running a model on {run['qualname']} in a fresh process {result.describe()}")
+    engine = result.values
+    skip_if_engine_missing(engine)
+    if "engine_error" in engine:
+        error = engine["engine_error"]
+        worker = engine.get("worker_cls")
+        shown = f" (worker_cls {worker!r})" if worker else ""
+        fail(f"{error['stage']}{shown} raised:\n{error['error'].rstrip()}")
+    if engine.get("platform") != run["qualname"]:
+        fail(
+            f"The engine resolved {engine.get('platform')}, not {run['qualname']}, so the "
+            "platform's worker did not run (see platform.resolves)."
+        )
+    if engine["tokens"] != [2, 2]:
+        fail(f"2 tokens were asked for each of 2 prompts; the worker produced {engine['tokens']}.")

@@ -383,3 +383,132 @@ def check_records(ctx: CheckContext) -> None:
         hint = f"\n{hint}" if hint and step["call"].startswith("record(") else ""
         adapter = "" if run.get("aggregate") else " (forwarded by PerEngineStatLoggerAdapter)"
         fail(f"{step['call']}{adapter} raised:\n{step['error'].rstrip()}{hint}{before}".rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# Engine run: the logger inside a real AsyncLLM.
+
+ENGINE_RUN = r"""
+import asyncio, functools
+R = probe.result
+
+if not ENGINE_MISSING:
+    cls = target_entry_point(EP_GROUP, EP_NAME).load()
+    seen = {"constructed": 0, "log_engine_initialized": 0, "record": 0, "log": 0}
+    errors = []
+
+    def _spy(name, method):
+        # Counts the engine's calls on the plugin's own class, whatever the plugin keeps.
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            seen[name] += 1
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException as exc:
+                errors.append({"call": name, "error": _err(exc)})
+                raise
+        return wrapper
+
+    if isinstance(cls, type):
+        for name in ("log_engine_initialized", "record", "log"):
+            if callable(getattr(cls, name, None)):
+                setattr(cls, name, _spy(name, getattr(cls, name)))
+        _init = cls.__init__
+        def _counted_init(self, *args, **kwargs):
+            _init(self, *args, **kwargs)
+            seen["constructed"] += 1
+        cls.__init__ = _counted_init
+
+    from vllm import AsyncEngineArgs, AsyncLLM, SamplingParams
+
+    async def main():
+        stage = "AsyncLLM.from_engine_args(...)"
+        try:
+            args = AsyncEngineArgs(model=tiny_checkpoint("llama"), max_num_seqs=2,
+                                   max_model_len=128)
+            engine = AsyncLLM.from_engine_args(args)
+            stage = "generating 3 requests"
+            async def one(i, prompt, n):
+                last = None
+                params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+                async for out in engine.generate(prompt, params, request_id=f"conf-{i}"):
+                    last = out
+                return len(last.outputs[0].token_ids)
+            jobs = asyncio.ensure_future(
+                asyncio.gather(one(0, "a", 3), one(1, "bc", 2), one(2, "def", 4)))
+            # A raising logger can stop the engine's loop and leave requests waiting: stop
+            # at the first error the spies see instead of waiting out the timeout.
+            deadline = asyncio.get_running_loop().time() + STEP_TIMEOUT
+            while not jobs.done() and not errors:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise asyncio.TimeoutError
+                await asyncio.wait({jobs}, timeout=0.05)
+            if not jobs.done():
+                jobs.cancel()
+                return
+            R["tokens"] = jobs.result()
+            stage = "do_log_stats()"
+            await engine.do_log_stats()
+            engine.shutdown()
+        except asyncio.TimeoutError:
+            R["engine_error"] = {"stage": stage, "error": f"no result within {STEP_TIMEOUT} s "
+                                 "(the engine loop stopped)"}
+        except BaseException as exc:
+            R["engine_error"] = {"stage": stage, "error": _err(exc)}
+
+    asyncio.run(main())
+    R["seen"] = seen
+    R["errors"] = errors
+"""
+
+#: Seconds the three requests may take once the engine is built (a few steps of a tiny model).
+STEP_TIMEOUT_S = 60
+
+
+@check(
+    "stat_logger.engine-run",
+    title="inside a real AsyncLLM the logger is built, initialised and fed every step, raising "
+    "nothing",
+    fix="Read only what the engine's stats objects have (SchedulerStats, IterationStats: use "
+    "`getattr(stats, name, default)` for fields that vary between releases), accept either "
+    "stats being None, and never raise from record, log_engine_initialized or log.",
+)
+def check_engine_run(ctx: CheckContext) -> None:
+    """The stat-logger checks above feed the class stats the harness built; this one lets the
+    engine do it. `AsyncLLM` is built on a tiny generated Llama with only this plugin
+    admitted (`VLLM_PLUGINS`) and serves three requests of different lengths; the plugin's
+    class is watched (not its own counters): it must be constructed, get
+    `log_engine_initialized()` and `record(...)` for the engine steps, and neither they nor
+    `log()` (from `do_log_stats()`) may raise, since they run on the server's output loop."""
+    from conformance.checks.general import (
+        ENGINE_RUN_TIMEOUT_S,
+        engine_run_code,
+        skip_if_engine_missing,
+    )
+
+    assert ctx.entry_point is not None
+    _class(ctx)
+    code = engine_run_code(f"STEP_TIMEOUT = {STEP_TIMEOUT_S}\n" + ENGINE_RUN)
+    result = ctx.session.memo(
+        f"stat_logger_engine_run {ctx.entry_point.key}",
+        lambda: ctx.probe(code, env=_plugins_env(ctx), timeout=ENGINE_RUN_TIMEOUT_S),
+    )
+    if not result.ok:
+        fail(f"Running AsyncLLM with the stat logger in a fresh process {result.describe()}")
+    run = result.values
+    skip_if_engine_missing(run)
+    seen, errors = run["seen"], run["errors"]
+    if errors:
+        first = errors[0]
+        fail(f"The engine's {first['call']}(...) call raised:\n{first['error'].rstrip()}")
+    if "engine_error" in run:
+        stage = run["engine_error"]
+        fail(f"AsyncLLM failed while {stage['stage']}:\n{stage['error'].rstrip()}")
+    missing = [
+        name for name in ("constructed", "log_engine_initialized", "record") if not seen[name]
+    ]
+    if missing:
+        fail(
+            f"AsyncLLM ran, but these never happened to the plugin's class: "
+            f"{', '.join(missing)} (calls seen: {seen}); the engine did not use the entry point."
+        )
