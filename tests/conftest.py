@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable
 
 import pytest
 
+from conformance.checks import load_catalog
+from conformance.context import Session
 from conformance.overlay import Overlay
+from conformance.runner import CheckResult, plan, run_planned
+from conformance.target import Target
 
 GENERAL = "vllm.general_plugins"
 PLATFORM = "vllm.platform_plugins"
@@ -31,3 +36,17 @@ def overlay(tmp_path) -> Overlay:
 
 def code(src: str) -> str:
     return textwrap.dedent(src)
+
+
+def run_check_group(
+    target: Target, group: str, exclude: Iterable[str] = ()
+) -> dict[str, CheckResult]:
+    """Run the checks of `group` (less `exclude`) on `target` as `run_checks` does, by id."""
+    excluded = set(exclude)
+    catalog = {k: v for k, v in load_catalog().items() if v.group == group and k not in excluded}
+    session = Session(target)
+    with target:
+        return {
+            item.check.id: run_planned(session, item)
+            for item in plan(target, session.contract, catalog)
+        }

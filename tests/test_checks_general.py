@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from conformance.checks import load_catalog
-from conformance.context import Session
 from conformance.overlay import Overlay, fixture_names
-from conformance.runner import CheckResult, plan, run_planned
+from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
+from tests.conftest import run_check_group
 
 GROUP = "general"
 GENERAL = "vllm.general_plugins"
@@ -53,14 +53,7 @@ ENGINE_RUN = ["general.models-run"]
 
 
 def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
-    """Run the checks of `group` on `target` as `run_checks` does, keyed by check id."""
-    catalog = {k: v for k, v in load_catalog().items() if v.group == group and k not in ENGINE_RUN}
-    session = Session(target)
-    with target:
-        return {
-            item.check.id: run_planned(session, item)
-            for item in plan(target, session.contract, catalog)
-        }
+    return run_check_group(target, group, ENGINE_RUN)
 
 
 def inline_target(name: str, source: str, **modules: str) -> Target:

@@ -8,10 +8,10 @@ import textwrap
 import pytest
 
 from conformance.checks import load_catalog
-from conformance.context import Session
 from conformance.overlay import Overlay, fixture_names, fixtures_root
-from conformance.runner import CheckResult, plan, run_planned
+from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
+from tests.conftest import run_check_group
 
 GROUP = "lora_resolver"
 GENERAL = "vllm.general_plugins"
@@ -34,14 +34,7 @@ def conformance_setup(workdir: str) -> None:
 
 
 def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
-    """Run the checks of `group` on `target` as `run_checks` does, keyed by check id."""
-    catalog = {k: v for k, v in load_catalog().items() if v.group == group}
-    session = Session(target)
-    with target:
-        return {
-            item.check.id: run_planned(session, item)
-            for item in plan(target, session.contract, catalog)
-        }
+    return run_check_group(target, group)
 
 
 def inline_target(name: str, source: str) -> Target:

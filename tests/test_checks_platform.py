@@ -8,10 +8,10 @@ import pytest
 
 from conformance.checks import load_catalog
 from conformance.checks import platform as checks
-from conformance.context import Session
 from conformance.overlay import Overlay
-from conformance.runner import CheckResult, plan, run_planned
+from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
+from tests.conftest import run_check_group
 
 GROUP = "platform"
 PLATFORM = "vllm.platform_plugins"
@@ -70,14 +70,7 @@ ENGINE_RUN = ["platform.worker-runs"]
 
 
 def run_group(target: Target) -> dict[str, CheckResult]:
-    """Run the platform checks on `target` as `run_checks` does, keyed by check id."""
-    catalog = {k: v for k, v in load_catalog().items() if v.group == GROUP and k not in ENGINE_RUN}
-    session = Session(target)
-    with target:
-        return {
-            item.check.id: run_planned(session, item)
-            for item in plan(target, session.contract, catalog)
-        }
+    return run_check_group(target, GROUP, ENGINE_RUN)
 
 
 def inline_platform(name: str, detect_body: str, platform_source: str = "") -> Target:
