@@ -403,11 +403,13 @@ def check_io_processor_selection(ctx: CheckContext) -> None:
         {"io_pair": module},
     )
     code = """
-    from vllm.config import HfConfig, ModelConfig, VllmConfig
+    from types import SimpleNamespace
     from vllm.plugins.io_processors import get_io_processor
     def pick(init, field):
-        cfg = VllmConfig(model_config=ModelConfig(hf_config=HfConfig(
-            {"io_processor_plugin": field} if field else {})))
+        # Only the attributes selection reads: the same stand-in works on every engine.
+        fields = {"io_processor_plugin": field} if field else {}
+        hf_config = SimpleNamespace(to_dict=lambda: dict(fields), **fields)
+        cfg = SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config))
         try:
             proc = get_io_processor(cfg, None, init)
         except ValueError as exc:
@@ -469,8 +471,11 @@ def check_custom_op_replacement(ctx: CheckContext) -> None:
         import torch
         import vllm.plugins
         vllm.plugins.load_general_plugins()
+        from vllm.config import VllmConfig, set_current_vllm_config
         from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
-        op = RotaryEmbedding(16, 16, 16, 10000, True, torch.float32)
+        # Ops are built while an engine config is current (real vLLM asserts it).
+        with set_current_vllm_config(VllmConfig()):
+            op = RotaryEmbedding(16, 16, 16, 10000, True, torch.float32)
         probe.result["class"] = type(op).__name__
         probe.result["addition_config"] = getattr(op, "addition_config", False)
     """
