@@ -50,3 +50,18 @@ def run_check_group(
             item.check.id: run_planned(session, item)
             for item in plan(target, session.contract, catalog)
         }
+
+
+def assert_mutant_fails(
+    results: dict[str, CheckResult], check_id: str, observed: str, also_fails: set[str]
+) -> None:
+    """The mutant fails its own check, saying what was observed and ending with the fix hint;
+    no check fails beyond `also_fails` (otherwise the mutant is a good plugin)."""
+    __tracebackhide__ = True
+    result = results[check_id]
+    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
+    assert result.message.startswith(f"[{check_id}]")
+    assert observed in result.message, "the message shows what was observed"
+    assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
+    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
+    assert failed == {check_id} | also_fails, "otherwise a good plugin"

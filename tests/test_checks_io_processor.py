@@ -11,7 +11,7 @@ from conformance.checks import load_catalog
 from conformance.overlay import Overlay
 from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
-from tests.conftest import run_check_group
+from tests.conftest import assert_mutant_fails, run_check_group
 
 GROUP = "io_processor"
 IO_PROCESSORS = "vllm.io_processor_plugins"
@@ -125,13 +125,7 @@ def test_every_io_processor_check_has_a_mutant():
 @pytest.mark.parametrize("check_id", MUTANTS)
 def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
     results = run_group(resolve_target(check_id))
-    result = results[check_id]
-    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
-    assert result.message.startswith(f"[{check_id}]")
-    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
-    assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
-    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
-    assert failed == {check_id} | ALSO_FAILS.get(check_id, set()), "otherwise a good plugin"
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], ALSO_FAILS.get(check_id, set()))
 
 
 def test_the_prithvi_fixture_passes_every_io_processor_check():

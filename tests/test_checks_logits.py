@@ -14,6 +14,7 @@ from conformance.context import Session
 from conformance.overlay import Overlay, fixtures_root
 from conformance.runner import CheckResult, plan, run_planned
 from conformance.target import EntryPointInfo, Target, resolve_target
+from tests.conftest import assert_mutant_fails
 
 GROUP = "logits"
 LOGITS = "vllm.logits_processors"
@@ -142,13 +143,7 @@ def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(c
     if check_id in DRIVING:
         pytest.importorskip("torch")
     results = run_group(resolve_target(check_id))
-    result = results[check_id]
-    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
-    assert result.message.startswith(f"[{check_id}]")
-    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
-    assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
-    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
-    assert failed == {check_id} | ALSO_FAILS.get(check_id, set()), "otherwise a good plugin"
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], ALSO_FAILS.get(check_id, set()))
 
 
 def test_the_dummy_fixture_passes_every_logits_check():
