@@ -42,6 +42,15 @@ def _params(func):
     star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
     return [star.get(p.kind, "") + p.name for p in params]
 
+def registered_model_class(arch):
+    """The class the engine's ModelRegistry holds for `arch`, importing a lazy entry."""
+    import importlib
+    from vllm import ModelRegistry
+    entry = ModelRegistry.models[arch]
+    if getattr(entry, "module_name", None):
+        return getattr(importlib.import_module(entry.module_name), entry.class_name)
+    return getattr(entry, "model_cls", entry)
+
 def describe(obj):
     """A JSON-able sketch of a loaded object."""
     import inspect

@@ -134,12 +134,7 @@ else:
     resolved = {}
     for arch in new:
         try:
-            from vllm import ModelRegistry
-            entry = ModelRegistry.models[arch]
-            if getattr(entry, "module_name", None):
-                cls = getattr(importlib.import_module(entry.module_name), entry.class_name)
-            else:
-                cls = getattr(entry, "model_cls", entry)
+            cls = registered_model_class(arch)
             if not isinstance(cls, type):
                 resolved[arch] = f"resolves to {cls!r}, which is not a class"
             elif has_torch and not issubclass(cls, torch.nn.Module):
@@ -407,11 +402,7 @@ if not ENGINE_MISSING:
     for arch in new if "plugin_error" not in R else ():
         info = runs[arch] = {}
         try:
-            entry = ModelRegistry.models[arch]
-            if getattr(entry, "module_name", None):
-                cls = getattr(importlib.import_module(entry.module_name), entry.class_name)
-            else:
-                cls = getattr(entry, "model_cls", entry)
+            cls = registered_model_class(arch)
             info["mro"] = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__][:6]
             info["family"] = _family(cls)
         except BaseException as exc:
