@@ -22,7 +22,9 @@ _LAZY = {
     "TextPrompt": "reference.inputs",
     "TokensPrompt": "reference.inputs",
     "LLM": "reference.engine.llm",
-    "AsyncLLM": "reference.engine.async_llm",
+    # As in 0.32: the v1 AsyncLLM is exported at top level only as `AsyncLLMEngine`; its own
+    # path is `vllm.v1.engine.async_llm.AsyncLLM`.
+    "AsyncLLMEngine": "reference.engine.async_llm",
     "EngineArgs": "reference.engine.args",
     "AsyncEngineArgs": "reference.engine.args",
 }

@@ -73,16 +73,34 @@ class FinishedRequestStats:
 
 
 @dataclass
+class PromptTokenStats:
+    """Where one step's prompt tokens came from. Only local compute exists in the reference
+    engine (no prefix cache, no KV transfer), so `computed == total` there."""
+
+    computed: int = 0
+    local_cache_hit: int = 0
+    external_kv_transfer: int = 0
+    cached_tokens: int = 0
+    total: int = 0
+
+
+@dataclass
 class IterationStats:
-    """What one engine step produced, as seen by the frontend. Times are in seconds."""
+    """What one engine step produced, as seen by the frontend. Times are in seconds.
+
+    As in 0.32, `num_prompt_tokens` is a read-only view of `prompt_token_stats.total`."""
 
     iteration_timestamp: float = field(default_factory=time.time)
-    num_prompt_tokens: int = 0
+    prompt_token_stats: PromptTokenStats = field(default_factory=PromptTokenStats)
     num_generation_tokens: int = 0
     num_preempted_reqs: int = 0
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
     time_to_first_tokens_iter: list[float] = field(default_factory=list)
     inter_token_latencies_iter: list[float] = field(default_factory=list)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.prompt_token_stats.total
 
 
 # --------------------------------------------------------------------------------------------

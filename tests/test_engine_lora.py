@@ -16,7 +16,8 @@ from tests.conftest import code  # noqa: E402
 
 SCENARIO = """
 import asyncio
-from vllm import AsyncEngineArgs, AsyncLLM, SamplingParams
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
 from reference.engine.async_llm import LoRAResolutionError
 
 async def main():

@@ -118,7 +118,8 @@ def test_async_llm_feeds_the_stat_logger_plugin(tmp_path):
     values = _run(
         f"""
         import asyncio
-        from vllm import AsyncEngineArgs, AsyncLLM, SamplingParams
+        from vllm import AsyncEngineArgs, SamplingParams
+        from vllm.v1.engine.async_llm import AsyncLLM
         from dummy_stat_logger.dummy_stat_logger import DummyStatLogger
 
         async def main():

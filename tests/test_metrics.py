@@ -16,6 +16,7 @@ from reference.metrics import (
     LoggingStatLogger,
     MultiModalCacheStats,
     PerEngineStatLoggerAdapter,
+    PromptTokenStats,
     SchedulerStats,
     StatLoggerBase,
     StatLoggerManager,
@@ -343,7 +344,8 @@ def test_admission_rejections_reach_aggregate_loggers_only(config):
 
 
 def _busy_step(prompt: int, generation: int) -> IterationStats:
-    return IterationStats(num_prompt_tokens=prompt, num_generation_tokens=generation)
+    tokens = PromptTokenStats(computed=prompt, total=prompt)
+    return IterationStats(prompt_token_stats=tokens, num_generation_tokens=generation)
 
 
 def test_the_logging_logger_reports_throughput_over_the_interval(config, captured, clock):

@@ -68,8 +68,12 @@ from vllm.config import VllmConfig
 from vllm.v1.metrics import stats
 
 def _fill(obj, **values):
-    # Stats records are "not stable interfaces": set only the fields this engine has.
+    # Stats records are "not stable interfaces": set only the fields this engine has, and
+    # not read-only views (0.32's IterationStats.num_prompt_tokens is a property).
     for key, value in values.items():
+        declared = getattr(type(obj), key, None)
+        if isinstance(declared, property) and declared.fset is None:
+            continue
         if hasattr(obj, key):
             setattr(obj, key, value)
     return obj
@@ -102,7 +106,11 @@ def scheduler_stats(engine_idx):
     return s
 
 def iteration_stats():
-    return _fill(stats.IterationStats(), num_prompt_tokens=144, num_generation_tokens=24,
+    it = stats.IterationStats()
+    tokens = getattr(it, "prompt_token_stats", None)
+    if tokens is not None:
+        _fill(tokens, computed=144, total=144)
+    return _fill(it, num_prompt_tokens=144, num_generation_tokens=24,
                  num_preempted_reqs=0, finished_requests=_finished(),
                  time_to_first_tokens_iter=[0.042, 0.051, 0.063],
                  inter_token_latencies_iter=[0.011] * 21)
@@ -419,7 +427,8 @@ if not ENGINE_MISSING:
             seen["constructed"] += 1
         cls.__init__ = _counted_init
 
-    from vllm import AsyncEngineArgs, AsyncLLM, SamplingParams
+    from vllm import AsyncEngineArgs, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
 
     async def main():
         stage = "AsyncLLM.from_engine_args(...)"

@@ -281,3 +281,7 @@ class ServingModels:
                 f"LoRA adapter '{model_name}' was found but could not be loaded.", 400
             )
         raise LoRAResolutionError(f"LoRA adapter {model_name} does not exist", 404)
+
+
+#: vLLM's top-level `AsyncLLMEngine` is an alias of the v1 `AsyncLLM`.
+AsyncLLMEngine = AsyncLLM

@@ -239,7 +239,8 @@ class EngineCore:
         now = time.monotonic()
         updated = []
         for new in scheduler_output.new_reqs:
-            iteration.num_prompt_tokens += len(new.prompt_token_ids)
+            iteration.prompt_token_stats.computed += len(new.prompt_token_ids)
+            iteration.prompt_token_stats.total += len(new.prompt_token_ids)
         for req_id in [n.req_id for n in scheduler_output.new_reqs] + [
             c.req_id for c in scheduler_output.cached_reqs
         ]:
