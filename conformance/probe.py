@@ -297,6 +297,18 @@ def _restrict_discovery(overlay_paths: list[str], visible: list[str]) -> None:
 
 
 def _install_capture() -> _Capture:
+    capture = _Capture()
+    # Tee every `vllm.*` record into the capture from the first import on, whatever handlers
+    # the engine's logging configuration installs or replaces: some releases (0.31) resolve
+    # `current_platform`, and log it, while `import vllm` itself runs.
+    handle = logging.Logger.callHandlers
+
+    def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        if record.name == "vllm" or record.name.startswith("vllm."):
+            capture.handle(record)
+        handle(self, record)
+
+    logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
     import vllm.logger  # noqa: F401  (configures the `vllm` logger as the engine does)
 
     root = logging.getLogger("vllm")
@@ -306,8 +318,6 @@ def _install_capture() -> _Capture:
         if handler.level == logging.NOTSET:
             handler.setLevel(configured)
     root.setLevel(logging.DEBUG)
-    capture = _Capture()
-    root.addHandler(capture)
     return capture
 
 
@@ -324,6 +334,14 @@ def _child_main(scenario_path: str, result_path: str) -> None:
     scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
     for path in reversed(scenario["sys_path"]):
         sys.path.insert(0, path)
+    if scenario["sys_path"]:
+        # Processes the engine starts with `subprocess` see the plugin too (vLLM inspects a
+        # lazily registered model in a `python -m ...registry` child); multiprocessing
+        # children get the parent's sys.path anyway.
+        inherited = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [*scenario["sys_path"], *filter(None, [inherited])]
+        )
     if scenario["exclusive"]:
         _restrict_discovery(scenario["sys_path"], scenario["visible"])
     status, exception, capture = "ok", None, _Capture()

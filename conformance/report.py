@@ -122,11 +122,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory: a reader (or a
+    crash) never sees half a file, and no temporary is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:
@@ -134,8 +141,8 @@ def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, md_path = directory / JSON_NAME, directory / MARKDOWN_NAME
-    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_write(md_path, render_markdown(report))
+    atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+    atomic_write(md_path, render_markdown(report))
     return json_path, md_path
 
 

@@ -6,13 +6,14 @@ one through `run_planned`, so both fronts judge a plugin identically.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,6 +71,29 @@ def plan(
         else:
             planned.append(Planned(check, None))
     return sorted(planned, key=lambda p: p.item_id)
+
+
+def selected(
+    items: list[Planned], only: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Planned]:
+    """The items whose check id matches one of `only` (all if empty) and none of `exclude`
+    (shell-style patterns such as `logits.*` or `*.engine-run`)."""
+
+    def matches(item: Planned, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(item.check.id, p) for p in patterns)
+
+    return [i for i in items if (not only or matches(i, only)) and not matches(i, exclude)]
+
+
+def check_patterns_problem(patterns: Sequence[str], catalog: Mapping[str, Check]) -> str | None:
+    """A message naming the patterns that match no check in `catalog`, or None."""
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(c, p) for c in catalog)]
+    if not unknown:
+        return None
+    return (
+        f"no check matches {', '.join(repr(p) for p in unknown)}; "
+        "`vllm-conformance checks` lists the ids (patterns like 'logits.*' work)."
+    )
 
 
 def _with_fix(check: Check, message: str) -> str:
@@ -161,11 +185,13 @@ def run_engine_checks(
     engine: str = "reference",
     engine_patch: str = "",
     on_result: Callable[[CheckResult], None] | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> list[CheckResult]:
     """Certify an engine: run every `engine.*` check against it with the bundled scenarios."""
     session = Session(engine_target(engine), engine, engine_patch=engine_patch)
     results = []
-    for item in plan_engine(session.contract):
+    for item in selected(plan_engine(session.contract), only, exclude):
         result = run_planned(session, item)
         results.append(result)
         if on_result is not None:
@@ -179,14 +205,17 @@ def run_checks(
     expected_failures: Mapping[str, str] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     timeout: float | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> list[CheckResult]:
-    """Run every applicable check on `target` and return the results in plan order."""
+    """Run every applicable check on `target` (those `only`/`exclude` select, see
+    `selected`) and return the results in plan order."""
     session = Session(target, engine)
     if timeout is not None:
         session.timeout = timeout
     results = []
     with target:
-        for item in plan(target, session.contract):
+        for item in selected(plan(target, session.contract), only, exclude):
             result = run_planned(session, item, expected_failures)
             results.append(result)
             if on_result is not None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import textwrap
+from typing import Any
 
 import pytest
 
 from conformance.checks import load_catalog
+from conformance.checks.general import GENERAL_RUN, fast_import_problem
+from conformance.context import PRELUDE
 from conformance.overlay import Overlay, fixture_names
+from conformance.probe import run_probe
 from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
 from tests.conftest import run_check_group
@@ -175,3 +179,92 @@ def test_cuda_touched_by_a_lazily_registered_model_module_is_not_the_plugins_doi
     assert results["general.registered-models-resolve"].status == "passed", "the model was imported"
     cuda = results["general.no-cuda-init"]
     assert cuda.status == "passed", cuda.message
+
+
+# --- general.fast-import: the engine's own imports do not count -------------------------------
+
+
+def _fast_import_run(**values: Any) -> dict[str, Any]:
+    run = {"load_s": 0.0, "call_s": 0.0, "engine_accounting": True, "engine_imports": []}
+    run.update(values)
+    return run
+
+
+def test_fast_import_subtracts_the_engines_module_imports():
+    # Real vLLM: importing rotary_embedding costs seconds, all of it the engine's.
+    run = _fast_import_run(
+        call_s=4.3,
+        call_engine_s=4.2,
+        engine_imports=[["vllm.model_executor.layers.rotary_embedding", 4.2]],
+    )
+    assert fast_import_problem(run) is None
+    assert fast_import_problem({**run, "call_engine_s": 0.0}) is not None
+
+
+def test_fast_import_names_the_engine_modules_it_did_not_count():
+    run = _fast_import_run(
+        load_s=2.0, load_engine_s=0.5, engine_imports=[["vllm.model_executor.models", 0.5]]
+    )
+    problem = fast_import_problem(run)
+    assert problem is not None
+    assert "0.50 s of it was the engine importing its own modules" in problem
+    assert "vllm.model_executor.models 0.50 s" in problem
+    assert "1.50 s > 1 s" in problem
+
+
+def test_fast_import_without_per_module_timing_counts_everything():
+    run = _fast_import_run(load_s=1.2, engine_accounting=False)
+    assert "could not be timed per module" in fast_import_problem(run)
+    assert fast_import_problem(_fast_import_run(load_s=0.9, engine_accounting=False)) is None
+
+
+#: Stands in for a heavy engine module: importing vllm's rotary_embedding takes 1.2 s.
+SLOW_ENGINE_MODULE = """
+import time
+import reference.surface as _surface
+_module_for = _surface.SurfaceFinder.module_for
+
+def _slow_module_for(self, name):
+    if name == "vllm.model_executor.layers.rotary_embedding":
+        time.sleep(1.2)
+    return _module_for(self, name)
+
+_surface.SurfaceFinder.module_for = _slow_module_for
+"""
+
+
+def _general_run_values(target: Target, prefix: str = "") -> dict[str, Any]:
+    [ep] = target.entry_points_of(GENERAL)
+    header = f"EP_GROUP, EP_NAME, EP_VALUE = {ep.group!r}, {ep.name!r}, {ep.value!r}\n"
+    result = run_probe(
+        PRELUDE + "\n" + header + prefix + GENERAL_RUN, timeout=120, **target.probe_settings()
+    )
+    assert result.ok, result.describe()
+    return result.values
+
+
+def test_a_slow_engine_import_does_not_count_but_the_plugins_own_slow_import_does():
+    pytest.importorskip("torch")
+    source = """
+        import time
+        from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
+        import {name}.helpers
+
+        def register():
+            pass
+    """
+    helpers = "import time\ntime.sleep({delay})\n"
+    fast = inline_target(
+        "engine_heavy", source.format(name="engine_heavy"), helpers=helpers.format(delay=0)
+    )
+    values = _general_run_values(fast, SLOW_ENGINE_MODULE)
+    assert values["load_s"] > 1.2 and values["load_engine_s"] > 1.2
+    assert values["engine_imports"][0][0] == "vllm.model_executor.layers.rotary_embedding"
+    assert fast_import_problem(values) is None, "the 1.2 s were the engine's"
+
+    slow = inline_target(
+        "own_heavy", source.format(name="own_heavy"), helpers=helpers.format(delay=1.2)
+    )
+    values = _general_run_values(slow)
+    assert values["load_s"] > 1.2 and values["load_engine_s"] < 0.5
+    assert "1 s" in fast_import_problem(values), "a module of the plugin's own counts"

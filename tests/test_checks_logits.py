@@ -269,6 +269,18 @@ def test_mrv2_is_default_from_v0_27(contract, expected):
     assert checks.mrv2_is_default(contract) is expected
 
 
+def test_an_engine_refusing_model_runner_v2_is_told_apart_from_a_plugin_error():
+    refusal = (
+        "Traceback (most recent call last):\n  ...\nValueError: Model Runner V2 requires Triton."
+    )
+    assert (
+        checks._runner_unavailable("v2", refusal) == "ValueError: Model Runner V2 requires Triton."
+    )
+    # The V1 runner needs no Triton, and a plugin's own error is not the engine's refusal.
+    assert checks._runner_unavailable("v1", refusal) is None
+    assert checks._runner_unavailable("v2", "TypeError: apply() missing 1 argument") is None
+
+
 @pytest.mark.parametrize(
     ("interface", "params", "expected"),
     [

@@ -256,3 +256,25 @@ def test_text_problem():
     assert "empty" in checks.text_problem("device_type", {"value": "", "repr": "''"})
     assert "not a str" in checks.text_problem("device_name", {"repr": "None", "type": "NoneType"})
     assert "not set" in checks.text_problem("device_name", {"missing": True})
+
+
+#: What real vLLM 0.32 prints when a worker fails in an engine process: the cause in the
+#: worker's log lines and the front end's relays, which never name it.
+ENGINE_OUTPUT = """\
+(Worker pid=27961) ERROR 11-22 19:15:38 [multiproc_executor.py:953] WorkerProc failed to start.
+(Worker pid=27961) ERROR 11-22 19:15:38 [multiproc_executor.py:953] Traceback (most recent call last):
+(Worker pid=27961) ERROR 11-22 19:15:38 [multiproc_executor.py:953] KeyError: 'PINNED_CPU_CORES'
+(EngineCore pid=27870) ERROR 11-22 19:15:41 [core.py:1510] Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.
+KeyError: 'PINNED_CPU_CORES'
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+torch.AcceleratorError: no device
+"""
+
+
+def test_engine_root_causes_skip_the_relays_and_repeat_nothing():
+    assert checks.engine_root_causes(ENGINE_OUTPUT) == [
+        "KeyError: 'PINNED_CPU_CORES'",
+        "torch.AcceleratorError: no device",
+    ]
+    assert checks.engine_root_causes(ENGINE_OUTPUT, limit=1) == ["KeyError: 'PINNED_CPU_CORES'"]
+    assert checks.engine_root_causes("Traceback (most recent call last):\n  File 'x'\n") == []

@@ -39,17 +39,22 @@ def test_dummy_embedding_plugin_model_gives_zero_embeddings(tmp_path):
     model = with_architecture(tiny_llama(), "MyLlamaEmbedding")
     values = _run(
         f"""
-        from vllm import LLM
+        from vllm import LLM, PoolingParams
         llm = LLM(model={str(model)!r})
-        outs = llm.encode(["Hello", {{"prompt_token_ids": [1, 5, 6]}}])
+        prompts = ["Hello", {{"prompt_token_ids": [1, 5, 6]}}]
         probe.result["runner"] = llm.vllm_config.model_config.runner_type
-        probe.result["emb"] = [o.outputs.data.tolist() for o in outs]
+        probe.result["emb"] = [o.outputs.data.tolist() for o in llm.encode(prompts)]
+        tokens = llm.encode(prompts, PoolingParams(task="token_embed"))
+        probe.result["token_emb"] = [o.outputs.data.tolist() for o in tokens]
         """,
         Overlay(tmp_path / "o").add_fixture("vllm_add_dummy_model"),
     )
     assert values["runner"] == "pooling"
     assert len(values["emb"]) == 2
     assert all(len(e) == 128 and not any(e) for e in values["emb"])
+    # "token_embed": one zero vector per prompt token (BOS + 5 bytes; 3 ids).
+    assert [len(t) for t in values["token_emb"]] == [6, 3]
+    assert all(len(v) == 128 and not any(v) for t in values["token_emb"] for v in t)
 
 
 _TARGET_SCENARIO = """

@@ -21,7 +21,9 @@ BUILTINS = {
     "LlamaForCausalLM": ("LlamaForCausalLM", False),
     "OPTForCausalLM": ("OPTForCausalLM", False),
     "GPT2LMHeadModel": ("GPT2LMHeadModel", False),
-    "LlamaModel": ("LlamaModel", True),
+    # The architecture "LlamaModel" is an embedding model; the class `LlamaModel` is the
+    # backbone, as in vLLM.
+    "LlamaModel": ("LlamaEmbeddingModel", True),
 }
 DUMMY_ARCHS = ["MyOPTForCausalLM", "MyLlamaEmbedding"]
 
@@ -306,16 +308,25 @@ def test_the_dummy_models_run_on_the_reference_engine(dummy_model, torch):
         + code(
             f"""
             import torch
+            from reference.models.hf import build_from_checkpoint
+            from reference.models.pooler import PoolingMetadata
             opt_cls, _ = ModelRegistry.resolve_model_cls(["MyOPTForCausalLM"])
-            opt = opt_cls.from_checkpoint({str(opt_dir)!r})
+            opt = build_from_checkpoint(opt_cls, {str(opt_dir)!r})
             embed_cls, _ = ModelRegistry.resolve_model_cls(["MyLlamaEmbedding"])
-            embed = embed_cls.from_checkpoint({str(embed_dir)!r})
+            embed = build_from_checkpoint(embed_cls, {str(embed_dir)!r})
             ids = torch.tensor([1, 40, 50, 60])
             with torch.inference_mode():
                 logits = opt.compute_logits(opt(ids, torch.arange(4)))
-                vector = embed.pool(embed(ids, torch.arange(4)))
+                hidden = embed(ids, torch.arange(4))
+                # Two sequences of 2 tokens, one per embedding task of vLLM 0.32.
+                pooled = embed.pooler(hidden, PoolingMetadata([2, 2], ["embed", "token_embed"]))
+                backbone = embed.model(ids, torch.arange(4))
             probe.result["greedy"] = logits.argmax(dim=-1).tolist()
-            probe.result["embedding_abs_sum"] = float(vector.abs().sum())
+            probe.result["shapes"] = [list(t.shape) for t in pooled]
+            probe.result["embedding_abs_sum"] = float(sum(t.abs().sum() for t in pooled))
+            # The backbone itself computes something: only the plugin's forward zeroes it.
+            probe.result["backbone_abs_sum"] = float(backbone.abs().sum())
+            probe.result["tasks"] = sorted(embed.pooler.get_supported_tasks())
             probe.result["pooling"] = ModelRegistry.is_pooling_model("MyLlamaEmbedding")
             """
         ),
@@ -324,5 +335,8 @@ def test_the_dummy_models_run_on_the_reference_engine(dummy_model, torch):
     )
     assert result.ok, result.describe()
     assert result.values["greedy"] == [0, 0, 0, 0], "MyOPTForCausalLM always picks token 0"
+    assert result.values["shapes"] == [[128], [2, 128]], "one vector; one per token"
     assert result.values["embedding_abs_sum"] == 0.0, "MyLlamaEmbedding embeds as zeros"
+    assert result.values["backbone_abs_sum"] > 0.0, "the loaded backbone is not all zeros"
+    assert result.values["tasks"] == ["embed", "token_embed"]
     assert result.values["pooling"] is True

@@ -20,6 +20,7 @@ RESOLVE = code(
     from vllm.platforms import current_platform
     probe.result["class"] = f"{type(current_platform).__module__}.{type(current_platform).__qualname__}"
     probe.result["device_name"] = current_platform.device_name
+    probe.result["get_device_name"] = current_platform.get_device_name()
     probe.result["imported"] = sorted(m for m in sys.modules if m.startswith("plat_"))
     """
 )
@@ -54,7 +55,10 @@ def test_the_dummy_platform_fixture_wins(overlay):
     result = run_probe(RESOLVE, overlay=overlay)
     assert result.ok, result.describe()
     assert result.values["class"] == "vllm_add_dummy_platform.dummy_platform.DummyPlatform"
-    assert result.values["device_name"] == "DummyDevice"
+    # vLLM 0.32 makes an out-of-tree platform's device_name its process groups' torch device,
+    # so a CPU-backed one says 'cpu' there and its own name in get_device_name().
+    assert result.values["device_name"] == "cpu"
+    assert result.values["get_device_name"] == "DummyDevice"
     assert "Platform plugin dummy_platform_plugin is activated" in [
         r["message"] for r in result.records_at("INFO")
     ]

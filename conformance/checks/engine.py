@@ -517,3 +517,160 @@ def check_logits_not_filtered(ctx: CheckContext) -> None:
             "(vllm.v1.sample.logits_processor._load_logitsprocs_plugins)."
         )
     _expect('VLLM_PLUGINS="": logits plugins loaded', values["loaded"], ["LP"])
+
+
+# --------------------------------------------------------------------------------------------
+# Ray workers: plugins load in every Ray actor, with the driver's VLLM_* variables.
+
+RAY_WORKERS_VAR = "VLLM_CONFORMANCE_RAY_VAR"
+RAY_WORKERS_TIMEOUT_S = 360.0
+
+#: A general plugin that records, per call, its process, Ray actor (None outside actors) and
+#: the value of RAY_WORKERS_VAR there. The file path is baked into the source, so reaching
+#: it needs no variable the engine might fail to forward.
+RAY_MARKER = """
+import json, os, sys
+
+def mark():
+    actor = None
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            actor = ray.get_runtime_context().get_actor_id()
+    line = {{"plugin": "marker", "pid": os.getpid(), "actor": actor,
+             "var": os.environ.get({var!r})}}
+    with open({path!r}, "a") as f:
+        f.write(json.dumps(line) + "\\n")
+"""
+
+RAY_EXCLUDED = """
+import json, os, sys
+
+def register():
+    actor = None
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            actor = ray.get_runtime_context().get_actor_id()
+    with open({path!r}, "a") as f:
+        f.write(json.dumps({{"plugin": "excluded", "pid": os.getpid(), "actor": actor}}) + "\\n")
+"""
+
+RAY_WORKERS_RUN = r"""
+import importlib.util, os
+R = probe.result
+R["no_ray"] = importlib.util.find_spec("ray") is None
+if not R["no_ray"] and not ENGINE_MISSING:
+    import ray
+    # Started before the variables are set: the workers can get them only from the executor.
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        os.environ.update(VARS)
+        # The executor in this process, where Ray is initialized (vLLM: no engine-core process).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM, SamplingParams
+        R["driver"] = os.getpid()
+        try:
+            llm = LLM(model=tiny_checkpoint("llama"), tensor_parallel_size=2,
+                      distributed_executor_backend="ray", max_model_len=128, max_num_seqs=2,
+                      kv_cache_memory_bytes=KV_CACHE_BYTES)
+        except Exception as exc:
+            R["engine_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            try:
+                params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+                R["tokens"] = len(llm.generate("Hello", params)[0].outputs[0].token_ids)
+            finally:
+                shut(llm)
+    finally:
+        ray.shutdown()
+"""
+
+
+@check(
+    "engine.plugins-in-ray-workers",
+    title="with the Ray executor, every Ray worker loads the general plugins that VLLM_PLUGINS "
+    "selects in the driver",
+    fix="Give each Ray worker the driver's VLLM_* variables (runtime_env env_vars, or "
+    "update_environment_variables before init_worker) and call load_general_plugins() in the "
+    "worker's init_worker, as vLLM 0.32's Ray executor does.",
+)
+def check_plugins_in_ray_workers(ctx: CheckContext) -> None:
+    """On a local Ray cluster started before the driver sets `VLLM_PLUGINS` (and a probe
+    variable `VLLM_CONFORMANCE_RAY_VAR`), `LLM(tensor_parallel_size=2,
+    distributed_executor_backend="ray")` runs two Ray workers. A marker general plugin must
+    load in the driver and in both workers, each of which sees the driver's variable; a second
+    general plugin that `VLLM_PLUGINS` leaves out must load nowhere. A worker that inherits
+    only the cluster's environment, or never loads plugins, fails. Capability skip where Ray
+    is not installed in the engine's interpreter, or where the engine refuses Ray on its
+    platform (vLLM's CPU platform has no `ray_device_key`)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from conformance.checks.general import engine_run_code, skip_if_engine_missing
+
+    scenario = "LLM(tensor_parallel_size=2, distributed_executor_backend='ray')"
+    with tempfile.TemporaryDirectory(prefix="vllm-ray-marks-") as tmp:
+        marks_path = str(Path(tmp, "marks.jsonl"))
+        plugins = (
+            (
+                "ray-marker",
+                {GENERAL: {"ray_marker": "ray_marker:mark"}},
+                {"ray_marker": RAY_MARKER.format(var=RAY_WORKERS_VAR, path=marks_path)},
+            ),
+            (
+                "ray-excluded",
+                {GENERAL: {"ray_excluded": "ray_excluded:register"}},
+                {"ray_excluded": RAY_EXCLUDED.format(path=marks_path)},
+            ),
+        )
+        variables = {"VLLM_PLUGINS": "ray_marker", RAY_WORKERS_VAR: "from-the-driver"}
+        with _overlays(*plugins) as overlays:
+            result = _run(
+                ctx,
+                engine_run_code(f"VARS = {variables!r}\n" + RAY_WORKERS_RUN),
+                overlays,
+                timeout=RAY_WORKERS_TIMEOUT_S,
+            )
+        marks_file = Path(marks_path)
+        lines = marks_file.read_text().splitlines() if marks_file.is_file() else []
+        marks = [json.loads(line) for line in lines]
+    values = _values(result, scenario)
+    if values.get("no_ray"):
+        skip(
+            "Ray is not installed in the engine's interpreter, so its Ray executor cannot run "
+            "(`pip install ray`)"
+        )
+    skip_if_engine_missing(values)
+    error = values.get("engine_error")
+    if error and "does not support ray" in error:
+        skip(
+            f"this engine refuses Ray on its platform ({error.splitlines()[0]}); vLLM's CPU "
+            "platform has no ray_device_key, so vLLM's Ray executor needs GPUs"
+        )
+    if error:
+        fail(f"Scenario '{scenario}' raised: {error}")
+    driver = values["driver"]
+    marked = [m for m in marks if m["plugin"] == "marker"]
+    if not any(m["pid"] == driver for m in marked):
+        fail(f"Scenario '{scenario}': the marker plugin did not load in the driver; marks: {marks}")
+    workers = {m["actor"]: m for m in marked if m["actor"] is not None}
+    excluded = sorted(
+        "driver" if m["pid"] == driver else f"Ray worker pid {m['pid']}"
+        for m in marks
+        if m["plugin"] == "excluded"
+    )
+    if excluded:
+        fail(
+            f"Scenario '{scenario}' with VLLM_PLUGINS=ray_marker set in the driver: the plugin "
+            f"it leaves out loaded in {', '.join(excluded)} (the workers did not get the "
+            "driver's VLLM_PLUGINS)."
+        )
+    if len(workers) < 2:
+        fail(
+            f"Scenario '{scenario}': the marker general plugin loaded in {len(workers)} of 2 Ray "
+            f"workers (marks: {marks})."
+        )
+    seen = sorted({str(m["var"]) for m in workers.values()})
+    _expect(f"{scenario}: {RAY_WORKERS_VAR} in the Ray workers", seen, ["from-the-driver"])

@@ -12,8 +12,9 @@ from typing import Any
 from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
 
-#: Seconds that loading and calling one general plugin may take once the engine's own imports
-#: (torch included, which every vLLM process has imported by then) are done.
+#: Seconds that loading and calling one general plugin may take, not counting the engine's own
+#: imports: its surface (torch included) is imported before the clock starts, and the `vllm.*`
+#: modules the plugin imports are timed per module and subtracted.
 FAST_IMPORT_BUDGET_S = 1.0
 
 GENERAL_RUN = r"""
@@ -90,13 +91,45 @@ import vllm.plugins, vllm.platforms  # the engine's surface is imported before p
 _state()  # imports the registries the snapshots read, before the plugin runs
 models_before = _models()
 ep = target_entry_point(EP_GROUP, EP_NAME)  # scanning distributions is the harness's cost
+
+# general.fast-import: loading the engine's own modules (and all they pull in) is the
+# engine's cost, not the plugin's. Each outermost load of an engine module is timed, as
+# `-X importtime` would, by wrapping the import system's per-module loader; modules loaded
+# inside it are the engine's too. Main thread only: the plugin loads there.
+import threading
+_bootstrap = sys.modules.get("_frozen_importlib")
+_plain_load = getattr(_bootstrap, "_load_unlocked", None)
+ENGINE_ROOTS = {"vllm", sys.modules["vllm.platforms"].__name__.partition(".")[0]}
+engine_imports, _engine_stack, _main = {}, [], threading.get_ident()
+
+def _engine_load(spec):
+    if (_engine_stack or threading.get_ident() != _main
+            or spec.name.partition(".")[0] not in ENGINE_ROOTS):
+        return _plain_load(spec)
+    _engine_stack.append(spec.name)
+    start = time.perf_counter()
+    try:
+        return _plain_load(spec)
+    finally:
+        engine_imports[spec.name] = engine_imports.get(spec.name, 0.0) + (
+            time.perf_counter() - start)
+        _engine_stack.pop()
+
+def _accounting(on):
+    if _plain_load is not None:
+        _bootstrap._load_unlocked = _engine_load if on else _plain_load
+
+R["engine_accounting"] = _plain_load is not None
+_accounting(True)
 t0 = time.perf_counter()
 try:
     func = ep.load()
 except BaseException as exc:
+    _accounting(False)
     R["load_error"] = _err(exc)
 else:
     R["load_s"] = time.perf_counter() - t0
+    R["load_engine_s"] = sum(engine_imports.values())
     R["callable"] = callable(func)
     t1 = time.perf_counter()
     try:
@@ -105,6 +138,9 @@ else:
     except BaseException as exc:
         R["first"] = _err(exc)
     R["call_s"] = time.perf_counter() - t1
+    _accounting(False)
+    R["call_engine_s"] = sum(engine_imports.values()) - R["load_engine_s"]
+    R["engine_imports"] = sorted(engine_imports.items(), key=lambda kv: -kv[1])[:5]
     models_after = _models()
     new = sorted(set(models_after) - set(models_before))
     R["new_models"] = {
@@ -310,29 +346,51 @@ def check_no_builtin_overwrite(ctx: CheckContext) -> None:
 @check(
     "general.fast-import",
     level="recommended",
-    title=f"loading and calling the plugin takes under {FAST_IMPORT_BUDGET_S:g} s",
+    title=f"loading and calling the plugin takes under {FAST_IMPORT_BUDGET_S:g} s, not counting "
+    "the engine's own modules it imports",
     fix="Import heavy dependencies inside the functions that need them, not at module level "
     "of the entry point's module.",
 )
 def check_fast_import(ctx: CheckContext) -> None:
     """General plugins run in every vLLM process, so their import cost multiplies. The
-    budget counts only the plugin's own work: the engine's imports (torch included) are done
-    before the clock starts."""
-    run = _called(ctx)
-    spent = run["load_s"] + run["call_s"]
-    if spent > FAST_IMPORT_BUDGET_S:
-        fail(
-            f"Loading took {run['load_s']:.2f} s and the call {run['call_s']:.2f} s "
-            f"({spent:.2f} s > {FAST_IMPORT_BUDGET_S:g} s)."
-        )
+    budget counts only the plugin's own work: loading the entry point and calling it once,
+    less the time spent loading the engine's own modules (`vllm.*`, and everything those
+    pull in), which are timed per module as `-X importtime` does. The engine's surface
+    (torch included) is imported before the clock starts. A third-party dependency the
+    plugin imports, and whatever its module does at import, count."""
+    problem = fast_import_problem(_called(ctx))
+    if problem:
+        fail(problem)
+
+
+def fast_import_problem(run: dict[str, Any]) -> str | None:
+    """Why the plugin's own load-and-call time is over budget, engine imports set apart
+    (None if within it)."""
+    timed = f"Loading took {run['load_s']:.2f} s and the call {run['call_s']:.2f} s"
+    engine = run.get("load_engine_s", 0.0) + run.get("call_engine_s", 0.0)
+    own = run["load_s"] + run["call_s"] - engine
+    over = f"{own:.2f} s > {FAST_IMPORT_BUDGET_S:g} s"
+    if own <= FAST_IMPORT_BUDGET_S:
+        return None
+    if not run.get("engine_accounting", False):
+        return f"{timed} ({over}); imports could not be timed per module here, so all counts."
+    if engine < 0.005:
+        return f"{timed} ({over}), none of it importing the engine's modules."
+    modules = ", ".join(f"{name} {secs:.2f} s" for name, secs in run.get("engine_imports", []))
+    return (
+        f"{timed}; {engine:.2f} s of it was the engine importing its own modules ({modules}), "
+        f"which does not count. The plugin's own time: {over}."
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Engine runs: the plugin's models built and run by a real engine on generated checkpoints.
 
 #: Seconds an engine-run probe may take: importing torch and transformers, generating a tiny
-#: checkpoint the first time (cached afterwards) and a few engine steps, with room to spare.
-ENGINE_RUN_TIMEOUT_S = 240.0
+#: checkpoint the first time (cached afterwards) and a few engine steps, with room to spare
+#: for real vLLM, whose CPU engine takes 30-60 s to start on a loaded 2-core machine and
+#: starts once per architecture in general.models-run.
+ENGINE_RUN_TIMEOUT_S = 360.0
 #: What an engine run needs besides the engine: the model stack and the checkpoint generators.
 ENGINE_RUN_DEPS = ("torch", "transformers", "safetensors", "tokenizers")
 
@@ -348,6 +406,11 @@ def tiny_checkpoint(family, architecture=None):
     from conformance.fixtures.generators.checkpoint import with_architecture
     path = _tiny(family)
     return str(with_architecture(path, architecture) if architecture else path)
+
+#: KV cache bytes every engine-run engine asks for: a tiny model needs little, and with the
+#: size given real vLLM's CPU worker does not insist that 92% of the NUMA node's memory be
+#: free at startup (it is not on a shared machine).
+KV_CACHE_BYTES = 64 << 20
 
 def shut(llm):
     try:
@@ -387,7 +450,22 @@ def _family(cls):
         for family, prefixes in FAMILIES.items():
             if klass.__name__.startswith(prefixes):
                 return family
+    # A wrapper (an nn.Module holding the backbone, as vLLM's pooling models are written)
+    # has no family class in its MRO: judge by the engine model modules its module imports.
+    for value in vars(importlib.import_module(cls.__module__)).values():
+        module = getattr(value, "__module__", None) or ""
+        last = module.rsplit(".", 1)[-1]
+        engine_owned = module.startswith(("vllm.", "reference."))  # the mounted reference
+        if isinstance(value, type) and engine_owned and last in FAMILIES:
+            return last
     return None
+
+#: The pooling task asked of a pooling model: the first of these the engine supports.
+POOLING_TASKS = ("embed", "token_embed", "classify", "token_classify", "score")
+
+def _config(llm):
+    # vLLM's LLM keeps its config on the engine; the reference's on itself too.
+    return getattr(llm, "vllm_config", None) or llm.llm_engine.vllm_config
 
 if not ENGINE_MISSING:
     from vllm import ModelRegistry
@@ -415,13 +493,18 @@ if not ENGINE_MISSING:
             model = tiny_checkpoint(info["family"], arch)
             from vllm import LLM, SamplingParams
             stage = "building LLM(model=...)"
-            llm = LLM(model=model, max_num_seqs=2, max_model_len=128,
-                      distributed_executor_backend="uni")
+            llm = LLM(model=model, max_num_seqs=2, max_model_len=128, enforce_eager=True,
+                      distributed_executor_backend="uni", kv_cache_memory_bytes=KV_CACHE_BYTES)
             prompts = ["Hello", {"prompt_token_ids": [1, 5, 6]}]
-            if llm.vllm_config.model_config.is_pooling_model:
-                info["task"] = "encode"
-                stage = "LLM.encode(2 prompts)"
-                outs = llm.encode(prompts)
+            model_config = _config(llm).model_config
+            pooling = (getattr(model_config, "runner_type", None) == "pooling"
+                       or bool(getattr(model_config, "is_pooling_model", False)))
+            if pooling:
+                supported = list(getattr(llm, "supported_tasks", None) or POOLING_TASKS)
+                task = next((t for t in POOLING_TASKS if t in supported), supported[0])
+                info["task"] = f"encode ({task})"
+                stage = f"LLM.encode(2 prompts, pooling_task={task!r})"
+                outs = llm.encode(prompts, pooling_task=task)
                 info["outputs"] = [o.outputs.data is not None for o in outs]
             else:
                 info["task"] = "generate"
@@ -429,7 +512,7 @@ if not ENGINE_MISSING:
                 params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
                 outs = llm.generate(prompts, params)
                 info["outputs"] = [list(o.outputs[0].token_ids) for o in outs]
-                hf_config = llm.vllm_config.model_config.hf_config
+                hf_config = model_config.hf_config
                 info["vocab"] = getattr(hf_config, "vocab_size", None)
             shut(llm)
         except BaseException as exc:
@@ -450,7 +533,7 @@ def run_problem(arch: str, info: dict[str, Any]) -> str | None:
     outputs = info.get("outputs") or []
     if len(outputs) != 2:
         return f"{arch}: {info['task']} returned {len(outputs)} output(s) for 2 prompts."
-    if info["task"] == "encode":
+    if info["task"].startswith("encode"):
         if not all(outputs):
             return f"{arch}: encode returned outputs without data."
         return None

@@ -749,9 +749,13 @@ if not ENGINE_MISSING:
         R["platform"] = f"{type(platform).__module__}.{type(platform).__qualname__}"
         from vllm import LLM, SamplingParams
         stage = "LLM(model=tiny_llama, distributed_executor_backend='uni')"
+        # The KV cache is sized, as in every engine run: real vLLM's CPU worker otherwise
+        # insists that 92% of the host's memory be free (see KV_CACHE_BYTES).
         llm = LLM(model=tiny_checkpoint("llama"), max_num_seqs=2, max_model_len=128,
-                  distributed_executor_backend="uni")
-        R["worker_cls"] = str(llm.vllm_config.parallel_config.worker_cls)
+                  distributed_executor_backend="uni", kv_cache_memory_bytes=KV_CACHE_BYTES)
+        # vLLM keeps the engine's config on `llm.llm_engine`; the reference on the LLM itself.
+        engine = getattr(llm, "llm_engine", llm)
+        R["worker_cls"] = str(engine.vllm_config.parallel_config.worker_cls)
         stage = "LLM.generate(2 prompts, max_tokens=2)"
         params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
         outs = llm.generate(["Hello", "abc"], params)
@@ -760,6 +764,32 @@ if not ENGINE_MISSING:
     except BaseException as exc:
         R["engine_error"] = {"stage": stage, "error": _err(exc)}
 """
+
+
+#: An exception line in an engine process's output, after vLLM's optional log prefix
+#: ("(Worker pid=7) ERROR 11-22 19:15:38 [file.py:953] ").
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\([^)]*\) )?(?:[A-Z]+ \S+ \S+ \[[^\]]*\] )?"
+    r"((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception): \S.*)$"
+)
+#: What vLLM's front-end processes raise about a child that failed: never the cause itself.
+_RELAYED = ("See root cause", "See stack trace for root cause", "initialization failed")
+
+
+def engine_root_causes(output: str, limit: int = 2) -> list[str]:
+    """The first distinct exceptions an engine's child processes printed (`output` is the
+    probe's stdout and stderr), leaving out the front end's 'see root cause above' relays."""
+    causes: list[str] = []
+    for line in output.splitlines():
+        match = _EXCEPTION_LINE.match(line.strip())
+        if not match or any(relay in match.group(1) for relay in _RELAYED):
+            continue
+        cause = match.group(1)[:400]
+        if cause not in causes:
+            causes.append(cause)
+        if len(causes) == limit:
+            break
+    return causes
 
 
 def platform_worker_env(ctx: CheckContext) -> dict[str, str | None]:
@@ -776,9 +806,11 @@ def platform_worker_env(ctx: CheckContext) -> dict[str, str | None]:
     "platform.worker-runs",
     level="recommended",
     title="a CPU platform's worker class initialises, loads a model and runs a step",
-    fix="Point worker_cls at a worker whose init_device and load_model work in a plain "
-    "process (derive from `vllm.v1.worker.cpu_worker.CPUWorker` and call super()), reading "
-    "only configuration the engine passes or that has a default.",
+    fix="Derive a CPU platform from `vllm.platforms.cpu.CpuPlatform` and call "
+    "super().check_and_update_config(); with PlatformEnum.OOT keep `device_name` a torch "
+    "device type ('cpu'); point worker_cls at a subclass of "
+    "`vllm.v1.worker.cpu_worker.CPUWorker` that calls super() and reads only configuration "
+    "the engine passes or that has a default.",
 )
 def check_worker_runs(ctx: CheckContext) -> None:
     """`check_and_update_config` names the worker class, but nothing imports or builds it
@@ -786,7 +818,12 @@ def check_worker_runs(ctx: CheckContext) -> None:
     For an active platform whose `device_type` is 'cpu' (the only device the harness can
     count on), `LLM` on a tiny generated Llama, with this platform and the distribution's
     general plugins admitted and the uniprocess executor, must generate 2 tokens for each of
-    2 prompts. Other device types are skipped."""
+    2 prompts. Other device types are skipped. What vLLM 0.32 needs of such a platform: the
+    CPU worker relies on `CpuPlatform.check_and_update_config` (KV-cache sizing, executor,
+    block size); an out-of-tree platform's `device_name` becomes the process groups'
+    torch device; and the worker's `load_model` uses a sleep-mode memory pool for every
+    platform but CUDA, XPU and the built-in CPU, which a CPU-backed out-of-tree worker must
+    replace with a null context (see the vllm_add_dummy_platform fixture)."""
     from conformance.checks.general import (
         ENGINE_RUN_TIMEOUT_S,
         engine_run_code,
@@ -817,7 +854,12 @@ def check_worker_runs(ctx: CheckContext) -> None:
         error = engine["engine_error"]
         worker = engine.get("worker_cls")
         shown = f" (worker_cls {worker!r})" if worker else ""
-        fail(f"{error['stage']}{shown} raised:\n{error['error'].rstrip()}")
+        message = f"{error['stage']}{shown} raised:\n{error['error'].rstrip()}"
+        causes = engine_root_causes(result.stdout_tail + "\n" + result.stderr_tail)
+        if causes:
+            # An engine process's failure reaches the LLM only as 'see root cause above'.
+            message += "\nThe engine's processes reported:\n  " + "\n  ".join(causes)
+        fail(message)
     if engine.get("platform") != run["qualname"]:
         fail(
             f"The engine resolved {engine.get('platform')}, not {run['qualname']}, so the "

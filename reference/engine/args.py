@@ -47,6 +47,12 @@ class EngineArgs:
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 2048
     block_size: int = 16
+    # Accepted for vLLM's signature; the reference sizes each request's cache as it grows, so
+    # neither reserves memory up front.
+    gpu_memory_utilization: float = 0.92
+    kv_cache_memory_bytes: int | None = None
+    # The reference never compiles or captures graphs: it is always "eager".
+    enforce_eager: bool = False
     tensor_parallel_size: int = 1
     num_workers: int | None = None
     distributed_executor_backend: str | None = None
@@ -113,15 +119,16 @@ class EngineArgs:
         backend = self.distributed_executor_backend
         if backend is None:
             backend = "mp" if workers > 1 else "uni"
-        if backend not in ("uni", "mp"):
+        if backend not in ("uni", "mp", "ray"):
             raise ValueError(
                 f"distributed_executor_backend={backend!r} is not supported by the reference "
-                "engine; use 'uni' (in process) or 'mp' (spawned worker processes)."
+                "engine; use 'uni' (in process), 'mp' (spawned worker processes) or 'ray' "
+                "(Ray actors; `pip install ray`)."
             )
         if backend == "uni" and workers > 1:
             raise ValueError(
-                f"{workers} workers need distributed_executor_backend='mp'; 'uni' runs one "
-                "worker in the engine's own process."
+                f"{workers} workers need distributed_executor_backend='mp' (or 'ray'); 'uni' "
+                "runs one worker in the engine's own process."
             )
         return VllmConfig(
             model_config=model_config,

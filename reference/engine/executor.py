@@ -1,5 +1,6 @@
 """Executors: run the workers in the engine core's process (`uni`) or in N spawned worker
-processes (`mp`), and call methods on all of them (`collective_rpc`).
+processes (`mp`), and call methods on all of them (`collective_rpc`). The Ray executor
+(`ray`, one Ray actor per worker) is in `reference.engine.ray_executor`.
 
 With `mp`, every worker holds a full replica of the model (the reference does not shard) and
 runs every step; the engine uses rank 0's results. A worker exits when its driver goes away:
@@ -52,13 +53,32 @@ class Executor:
             return MultiprocExecutor
         if backend == "uni":
             return UniProcExecutor
+        if backend == "ray":
+            # Imported here: Ray is optional, and the module says how to install it.
+            from reference.engine.ray_executor import RayDistributedExecutor
+
+            return RayDistributedExecutor
         raise ValueError(
             f"Unknown distributed_executor_backend {backend!r}; the reference engine has "
-            "'uni' and 'mp'."
+            "'uni', 'mp' and 'ray'."
         )
 
     def _init_executor(self) -> None:
         raise NotImplementedError
+
+    def _start_workers(self) -> None:
+        """Once the workers exist: each builds its worker class (loading general plugins and
+        resolving the platform in its own process), takes its device and loads the model. A
+        failure stops whatever the executor started."""
+        try:
+            self.collective_rpc(
+                "init_worker", args=(_worker_kwargs(self.vllm_config, self.world_size),)
+            )
+            self.collective_rpc("init_device")
+            self.collective_rpc("load_model")
+        except BaseException:
+            self.shutdown()
+            raise
 
     def collective_rpc(
         self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None
@@ -200,15 +220,7 @@ class MultiprocExecutor(Executor):
             child_conn.close()
             self.workers.append((proc, parent_conn))
         self._finalizer = weakref.finalize(self, _stop_workers, list(self.workers))
-        try:
-            self.collective_rpc(
-                "init_worker", args=(_worker_kwargs(self.vllm_config, self.world_size),)
-            )
-            self.collective_rpc("init_device")
-            self.collective_rpc("load_model")
-        except BaseException:
-            self.shutdown()
-            raise
+        self._start_workers()
 
     @property
     def worker_pids(self) -> list[int]:

@@ -6,6 +6,7 @@ The engine core runs in this process and drives its executor (see docs/engine.md
 from __future__ import annotations
 
 import itertools
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,6 +139,8 @@ class LLM:
         self.engine_args = EngineArgs(model=str(model), **kwargs)
         self.llm_engine_config = self.engine_args.create_engine_config()
         self.vllm_config = self.llm_engine_config
+        # vLLM keeps the config on its engine (`llm.llm_engine.vllm_config`); both work here.
+        self.llm_engine = types.SimpleNamespace(vllm_config=self.vllm_config)
         self.engine_core = EngineCore(self.vllm_config)
         self.tokenizer = self.engine_core.tokenizer
         self._counter = itertools.count()

@@ -280,10 +280,38 @@ class ModelRunner:
         if state.multi_modal_data is not None:
             kwargs["multi_modal_data"] = state.multi_modal_data
         hidden = self._forward(state, state.prompt_token_ids, **kwargs)
-        pooled = self.model.pool(hidden)
+        pooled = pool_one(self.model, hidden, state.pooling_params)
         pooled = pooled.detach().to("cpu") if isinstance(pooled, torch.Tensor) else pooled
         self.requests.pop(state.req_id, None)
         return pooled
+
+
+def pool_one(model: Any, hidden: Any, pooling_params: Any) -> Any:
+    """One sequence's pooled output from its hidden states.
+
+    vLLM's interface first: the model's `pooler` (a `vllm.model_executor.layers.pooler`
+    Pooler), called with the sequence's length and task. Otherwise the reference's own
+    `pool(hidden_states)`, which models whose output is already per prompt (the Prithvi-like
+    fixture) use.
+    """
+    from reference.models.pooler import Pooler, PoolingMetadata, default_pooling_task
+
+    pooler = getattr(model, "pooler", None)
+    if isinstance(pooler, Pooler):
+        supported = pooler.get_supported_tasks()
+        task = getattr(pooling_params, "task", None)
+        if task is None or (task == "plugin" and task not in supported):
+            # A request without a task (or an IO processor's "plugin" request on a model
+            # whose pooler has no plugin task) pools with the model's default task.
+            task = default_pooling_task(supported)
+        return pooler(hidden, PoolingMetadata([hidden.shape[0]], [task]))[0]
+    if callable(getattr(model, "pool", None)):
+        return model.pool(hidden)
+    raise TypeError(
+        f"{type(model).__name__} is a pooling model (is_pooling_model=True) without a pooler: "
+        "give it a `pooler` from vllm.model_executor.layers.pooler, e.g. "
+        "DispatchPooler.for_embedding(vllm_config.model_config.pooler_config)."
+    )
 
 
 def _make_lora_manager(model: Any, vllm_config: VllmConfig, device: torch.device) -> Any:

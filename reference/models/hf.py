@@ -14,8 +14,14 @@ The interface the engine drives (built-in and plugin models alike):
   row; `attention_mask` (`[B, cached + T]`, 1 = real token) covers padded rows.
   `inputs_embeds` (from `embed_input_ids`, or a prompt's own embeddings) may replace ids.
 - Generating models: `compute_logits(hidden_states)` → logits `[..., T, vocab]`.
-- Pooling models (`is_pooling_model = True`): `pool(hidden_states, attention_mask=None)` →
-  one normalised embedding per sequence (`pooler` holds the method: LAST, MEAN or CLS).
+- Pooling models (`is_pooling_model = True`): a `pooler` (`reference.models.pooler`, vLLM's
+  interface) that the engine calls as `pooler(hidden_states, pooling_metadata)`; the
+  reference's own models also offer `pool(hidden_states, attention_mask=None)`, one
+  normalised embedding per (padded) sequence.
+
+`HfBackbone` is the other shape: a bare backbone as vLLM's `LlamaModel` is, built from
+`vllm_config` with parameters named without the wrapper's prefix, for plugin models that wrap
+it (`forward(input_ids, positions, intermediate_tensors=None, inputs_embeds=None)`).
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 import transformers
 from torch import nn
+
+from reference.models.pooler import DispatchPooler, SequencePooler
 
 _DTYPES = {
     "float32": torch.float32,
@@ -86,8 +93,11 @@ def iter_checkpoint_weights(model_dir: str | Path) -> Iterator[tuple[str, torch.
                 yield name, weights.get_tensor(name)
 
 
-def load_checkpoint(model: HfModel, model_dir: str | Path) -> None:
-    """Load `model_dir`'s weights into `model`; ValueError if a parameter stays unset."""
+def load_checkpoint(model: nn.Module, model_dir: str | Path) -> None:
+    """Load `model_dir`'s weights into `model`; ValueError if a parameter stays unset.
+
+    `model.load_weights` returns the names (relative to `model`) of the parameters it set.
+    """
     loaded = model.load_weights(iter_checkpoint_weights(model_dir))
     params = model.named_parameters(remove_duplicate=False)
     loaded_ids = {id(p) for name, p in params if name in loaded}
@@ -99,37 +109,59 @@ def load_checkpoint(model: HfModel, model_dir: str | Path) -> None:
         )
 
 
-class Pooler(nn.Module):
-    """One embedding per sequence from its hidden states: the LAST, MEAN or CLS token's."""
+def build_from_checkpoint(model_cls: type, model_dir: str | Path, *, dtype: str = "auto") -> Any:
+    """Build any model class (built-in or a plugin's) from a local checkpoint and load its
+    weights, outside any engine: for tests and tools."""
+    from reference.config import HfConfig, ModelConfig, VllmConfig, set_current_vllm_config
 
-    def __init__(self, pooling_type: str = "LAST", normalize: bool = True) -> None:
-        super().__init__()
-        if pooling_type not in ("LAST", "MEAN", "CLS"):
-            raise ValueError(f"Unknown pooling_type {pooling_type!r}; use LAST, MEAN or CLS.")
-        self.pooling_type = pooling_type
-        self.normalize = normalize
+    model_config = ModelConfig(
+        model=str(model_dir), dtype=dtype, hf_config=HfConfig.from_pretrained(model_dir)
+    )
+    vllm_config = VllmConfig(model_config=model_config)
+    with set_current_vllm_config(vllm_config):
+        model = model_cls(vllm_config=vllm_config)
+    load_checkpoint(model, model_dir)
+    return model
 
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """`[T, H]` → `[H]`, or `[B, T, H]` (with an optional `[B, T]` mask) → `[B, H]`."""
-        flat = hidden_states.dim() == 2
-        hidden = hidden_states[None] if flat else hidden_states
-        if attention_mask is None:
-            mask = torch.ones(hidden.shape[:2], device=hidden.device)
-        else:
-            mask = attention_mask.to(hidden.device, torch.float32)
-        if self.pooling_type == "MEAN":
-            summed = (hidden * mask[..., None].to(hidden.dtype)).sum(dim=1)
-            pooled = summed / mask.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
-        else:
-            # Works for left- and right-padded rows alike: the last (or first) real token.
-            steps = torch.arange(hidden.shape[1], device=hidden.device, dtype=torch.float32)
-            index = (mask * steps).argmax(dim=1) if self.pooling_type == "LAST" else mask.argmax(1)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-        if self.normalize:
-            pooled = F.normalize(pooled, p=2, dim=-1)
-        return pooled[0] if flat else pooled
+
+def run_hf_backbone(
+    backbone: nn.Module,
+    input_ids: torch.Tensor | None,
+    positions: torch.Tensor,
+    *,
+    kv_cache: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A transformers base model's last hidden states for `[T]` or `[B, T]` inputs."""
+    flat = positions.dim() == 1
+    if flat:
+        positions = positions[None]
+        input_ids = None if input_ids is None else input_ids[None]
+        inputs_embeds = None if inputs_embeds is None else inputs_embeds[None]
+        attention_mask = None if attention_mask is None else attention_mask[None]
+    out = backbone(
+        input_ids=None if inputs_embeds is not None else input_ids,
+        inputs_embeds=inputs_embeds,
+        position_ids=positions,
+        attention_mask=attention_mask,
+        past_key_values=kv_cache,
+        use_cache=kv_cache is not None,
+    )
+    hidden = out.last_hidden_state
+    return hidden[0] if flat else hidden
+
+
+def _copy_weight(owner: nn.Module, param: torch.Tensor, name: str, tensor: torch.Tensor) -> None:
+    """Copy checkpoint tensor `name` into `param`, or say why the shapes do not fit."""
+    if param.shape != tensor.shape:
+        raise ValueError(
+            f"Checkpoint weight {name!r} has shape {tuple(tensor.shape)}, but the "
+            f"{type(owner).__name__} parameter it loads into has {tuple(param.shape)}; the "
+            "checkpoint's config.json does not describe its weights."
+        )
+    with torch.no_grad():
+        param.copy_(tensor.to(param.dtype))
 
 
 class HfModel(nn.Module):
@@ -163,16 +195,7 @@ class HfModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, model_dir: str | Path, *, dtype: str = "auto") -> HfModel:
         """Build from a local checkpoint and load its weights, outside any engine."""
-        from reference.config import HfConfig, ModelConfig, VllmConfig, set_current_vllm_config
-
-        model_config = ModelConfig(
-            model=str(model_dir), dtype=dtype, hf_config=HfConfig.from_pretrained(model_dir)
-        )
-        vllm_config = VllmConfig(model_config=model_config)
-        with set_current_vllm_config(vllm_config):
-            model = cls(vllm_config=vllm_config)
-        load_checkpoint(model, model_dir)
-        return model
+        return build_from_checkpoint(cls, model_dir, dtype=dtype)
 
     @property
     def backbone(self) -> nn.Module:
@@ -201,22 +224,14 @@ class HfModel(nn.Module):
         **kwargs: Any,
     ) -> torch.Tensor:
         """Hidden states of the new tokens; `inputs_embeds` (`[..., T, hidden]`) replaces ids."""
-        flat = positions.dim() == 1
-        if flat:
-            positions = positions[None]
-            input_ids = None if input_ids is None else input_ids[None]
-            inputs_embeds = None if inputs_embeds is None else inputs_embeds[None]
-            attention_mask = None if attention_mask is None else attention_mask[None]
-        out = self.backbone(
-            input_ids=None if inputs_embeds is not None else input_ids,
-            inputs_embeds=inputs_embeds,
-            position_ids=positions,
+        return run_hf_backbone(
+            self.backbone,
+            input_ids,
+            positions,
+            kv_cache=kv_cache,
             attention_mask=attention_mask,
-            past_key_values=kv_cache,
-            use_cache=kv_cache is not None,
+            inputs_embeds=inputs_embeds,
         )
-        hidden = out.last_hidden_state
-        return hidden[0] if flat else hidden
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters(remove_duplicate=False))
@@ -234,15 +249,7 @@ class HfModel(nn.Module):
                     f"Checkpoint weight {name!r} matches no parameter of {type(self).__name__}; "
                     "the checkpoint was written for a different architecture."
                 )
-            param = params[target]
-            if param.shape != tensor.shape:
-                raise ValueError(
-                    f"Checkpoint weight {name!r} has shape {tuple(tensor.shape)}, but "
-                    f"{type(self).__name__}.{target} has {tuple(param.shape)}; the checkpoint's "
-                    "config.json does not describe its weights."
-                )
-            with torch.no_grad():
-                param.copy_(tensor.to(param.dtype))
+            _copy_weight(self, params[target], name, tensor)
             loaded.add(target)
         return loaded
 
@@ -259,21 +266,99 @@ class HfForCausalLM(HfModel):
 
 
 class HfPoolingModel(HfModel):
-    """An embedding model: backbone plus a `pooler` (LAST token, normalised, by default)."""
+    """An embedding model: backbone plus a `pooler` for "embed" and "token_embed" (the
+    sequence's LAST token, normalised, unless the pooler config says otherwise)."""
 
     is_pooling_model: ClassVar[bool] = True
     ignored_weight_prefixes: ClassVar[tuple[str, ...]] = ("lm_head.",)
-    default_pooling_type: ClassVar[str] = "LAST"
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         pooler_config = getattr(vllm_config.model_config, "pooler_config", None)
-        self.pooler = Pooler(
-            getattr(pooler_config, "pooling_type", None) or self.default_pooling_type,
-            normalize=getattr(pooler_config, "normalize", None) is not False,
-        )
+        self.pooler = DispatchPooler.for_embedding(pooler_config)
 
     def pool(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.pooler(hidden_states, attention_mask)
+        """Embeddings of one sequence (`[T, H]` → `[H]`) or a padded batch (`[B, T, H]` with a
+        `[B, T]` mask → `[B, H]`), as the "embed" pooler computes them."""
+        embed = self.pooler.poolers_by_task["embed"]
+        assert isinstance(embed, SequencePooler)
+        return embed.pool_padded(hidden_states, attention_mask)
+
+
+class HfBackbone(nn.Module):
+    """A bare transformers base model shaped like vLLM's backbones (`LlamaModel`).
+
+    Built from `vllm_config` as any model is; its parameters are named as the checkpoint
+    names them without the wrapper's prefix (`embed_tokens.weight`, `layers.0.mlp...`), so a
+    plugin model that holds it as `self.model` strips `model.` before `load_weights`.
+    Subclasses name the transformers classes (`hf_model_class`, `hf_config_class`).
+    """
+
+    hf_model_class: ClassVar[str]
+    hf_config_class: ClassVar[str]
+
+    def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
+        super().__init__()
+        model_config = vllm_config.model_config
+        self.config = build_hf_config(model_config, self.hf_config_class)
+        self.dtype = resolve_dtype(getattr(model_config, "dtype", "auto"), self.config)
+        self.prefix = prefix
+        hf_cls = getattr(transformers, self.hf_model_class)
+        hf_model = hf_cls._from_config(self.config, dtype=self.dtype).base_model
+        self._adapt_modules(hf_model)
+        hf_model.train(False)
+        # The transformers model runs the layers, but its children become this module's
+        # children: parameter names carry no extra level, exactly as in vLLM's backbone. It is
+        # kept outside the module tree (in __dict__) so it adds no second set of names.
+        for name, child in hf_model.named_children():
+            self.add_module(name, child)
+        self.__dict__["_hf_model"] = hf_model
+        self.train(False)
+        self.requires_grad_(False)
+
+    def _adapt_modules(self, hf_model: nn.Module) -> None:
+        """Hook: swap transformers layers for the reference's custom ops."""
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._hf_model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states after the final norm: `[T, hidden]` for `[T]` ids and positions.
+
+        `intermediate_tensors` is vLLM's pipeline-parallel hand-off between stages; the
+        reference runs the whole model in one stage, so there is never one to take.
+        """
+        if intermediate_tensors is not None:
+            raise NotImplementedError(
+                "The reference engine has no pipeline parallelism: pass "
+                "intermediate_tensors=None (or run on vLLM for pipeline-parallel stages)."
+            )
+        return run_hf_backbone(self._hf_model, input_ids, positions, inputs_embeds=inputs_embeds)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load backbone-relative weights (`layers.0...`); returns the names it set."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        buffers = dict(self.named_buffers())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if name in buffers:
+                continue  # derived from the config (rotary tables), never loaded
+            if name not in params:
+                raise ValueError(
+                    f"Checkpoint weight {name!r} matches no parameter of "
+                    f"{type(self).__name__}, whose names have no wrapper prefix (e.g. "
+                    f"{next(iter(params), '?')!r}). Strip the prefix before loading, e.g. with "
+                    "WeightsMapper(orig_to_new_prefix={'model.': ''}), and drop the head's "
+                    "weights (lm_head.*)."
+                )
+            _copy_weight(self, params[name], name, tensor)
+            loaded.add(name)
+        return loaded

