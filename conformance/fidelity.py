@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -256,10 +256,32 @@ def summary(result: Fidelity) -> str:
 
 
 def to_json(result: Fidelity) -> dict[str, Any]:
+    """The rows and the raw runs: `replay` rebuilds the comparison from this without running
+    anything (to re-render the document after the notes changed)."""
     return {
         "rows": [
             {"section": r.section, "row": r.key, **r.statuses, "agrees": r.agrees}
             for r in result.rows
         ],
         "agreement": result.rate(),
+        "runs": [
+            {"job": name, "engine": engine, **asdict(run)}
+            for (name, engine), run in result.runs.items()
+        ],
     }
+
+
+def replay(data: dict[str, Any], job_list: Sequence[Job], notes: dict[str, str]) -> Fidelity:
+    """The comparison of `job_list` from the runs a previous `to_json` recorded."""
+    runs = {
+        (r["job"], r["engine"]): Run(r["statuses"], r["error"], r["seconds"]) for r in data["runs"]
+    }
+    missing = sorted({j.name for j in job_list for e in ENGINES if (j.name, e) not in runs})
+    if missing:
+        raise ValueError(f"the recorded runs lack {', '.join(missing)}: run without --replay")
+    rows = []
+    for job in job_list:
+        rows += rows_of(job, {e: runs[(job.name, e)] for e in ENGINES})
+    return Fidelity(
+        rows, {k: v for k, v in runs.items() if k[0] in {j.name for j in job_list}}, notes
+    )

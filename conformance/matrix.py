@@ -357,8 +357,10 @@ def build_matrix(
     certifier: Certifier | None = None,
     extra: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    progress: Callable[[Matrix], None] | None = None,
 ) -> Matrix:
-    """Prepare each release's environment, then certify every target in it."""
+    """Prepare each release's environment, then certify every target in it; `progress` gets
+    the matrix so far after each release (a long run leaves its results as it goes)."""
     certifier = certifier or certify_in
     envs: dict[str, Env] = {}
     cells: dict[tuple[str, str], Cell] = {}
@@ -379,6 +381,9 @@ def build_matrix(
             cells[(target, version)] = cell
             outcome = cell.verdict or f"error: {cell.error}"
             log(f"  {target}: {outcome} ({cell.seconds:.0f} s)")
+        if progress is not None:
+            done = [v for v in versions if v in envs]
+            progress(Matrix(list(targets), done, dict(envs), dict(cells)))
     return Matrix(list(targets), list(versions), envs, cells)
 
 

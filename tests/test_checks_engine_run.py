@@ -150,3 +150,27 @@ def test_the_platform_run_admits_the_platform_and_the_distributions_general_plug
     check = load_catalog()["platform.worker-runs"]
     ctx = CheckContext(Session(target), check, eps[0])
     assert platform_worker_env(ctx) == {"VLLM_PLUGINS": "mine,ops"}
+
+
+def test_run_problem_catches_hidden_states_of_the_wrong_width_even_when_tokens_came_out():
+    # Real vLLM's CPU GEMM multiplies mismatched shapes without complaint: tokens come out.
+    ran = {"family": "llama", "task": "generate", "outputs": [[163, 72], [0, 206]], "vocab": 260}
+    wrong = {**ran, "hidden": 128, "shapes": [[6, 64]]}
+    assert "shape [6, 64]" in run_problem("T", wrong)
+    assert "[num_tokens, 128]" in run_problem("T", wrong)
+    assert run_problem("T", {**ran, "hidden": 128, "shapes": [[6, 128], [1, 128]]}) is None
+
+
+def test_an_engine_that_cannot_build_the_model_is_told_apart_from_a_processor_error():
+    from conformance.checks.io_processor import model_unservable
+
+    refusal = (
+        "ValidationError: 1 validation error for ModelConfig\n  Value error, The checkpoint you "
+        "are trying to load has model type `x` but Transformers does not recognize this "
+        "architecture."
+    )
+    stage = "LLM(model=..., io_processor_plugin='p')"
+    assert "does not recognize this architecture" in model_unservable(stage, refusal)
+    # Later stages run the processor: their errors are the plugin's.
+    assert model_unservable("LLM.encode(sample, pooling_task='plugin')", refusal) is None
+    assert model_unservable(stage, "ValueError: bad pixel_values") is None

@@ -107,3 +107,19 @@ def test_the_cli_refuses_an_interpreter_without_vllm(tmp_path, capsys):
     assert "cannot import vllm and conformance" in capsys.readouterr().err
     assert cli.main(["fidelity", "--sections", "bogus"]) == cli.EXIT_USAGE
     assert "--sections" in capsys.readouterr().err
+
+
+def test_a_recorded_run_replays_into_the_same_rows_with_new_notes(tmp_path):
+    result, _ = compare()
+    recorded = tmp_path / "fidelity.json"
+    recorded.write_text(__import__("json").dumps(fd.to_json(result)))
+    notes = tmp_path / "notes.toml"
+    notes.write_text('"engine:engine.b" = "why"\n"mutants:x.two" = "why not"\n')
+    data = __import__("json").loads(recorded.read_text())
+    replayed = fd.replay(data, fd.jobs(["fix"], ["x.one", "x.two"]), fd.read_notes(notes))
+    assert [(r.key, r.statuses) for r in replayed.rows] == [
+        (r.key, r.statuses) for r in result.rows
+    ]
+    assert replayed.unexplained() == []
+    with pytest.raises(ValueError, match="lack other"):
+        fd.replay(data, fd.jobs(["fix", "other"], []), {})

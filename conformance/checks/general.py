@@ -467,7 +467,21 @@ def _config(llm):
     # vLLM's LLM keeps its config on the engine; the reference's on itself too.
     return getattr(llm, "vllm_config", None) or llm.llm_engine.vllm_config
 
+def _watch_forward(cls, shapes):
+    # Records the shape of what `forward` returns. Real vLLM's CPU GEMM does not check shapes,
+    # so hidden states of the wrong width can still "generate" garbage there.
+    forward = cls.forward
+    def watched(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if len(shapes) < 4 and hasattr(out, "shape"):
+            shapes.append(list(out.shape))
+        return out
+    cls.forward = watched
+
 if not ENGINE_MISSING:
+    import os
+    # The model runs in this process (no engine-core process), where forward is watched.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import ModelRegistry
     before = set(ModelRegistry.get_supported_archs())
     try:
@@ -486,8 +500,10 @@ if not ENGINE_MISSING:
         except BaseException as exc:
             info["error"] = {"stage": "resolving the class", "error": _err(exc)}
             continue
-        if info["family"] is None:
+        if info["family"] is None or (RUN is not None and arch not in RUN):
             continue
+        info["shapes"] = []
+        _watch_forward(cls, info["shapes"])
         stage = "generating the checkpoint"
         try:
             model = tiny_checkpoint(info["family"], arch)
@@ -497,6 +513,7 @@ if not ENGINE_MISSING:
                       distributed_executor_backend="uni", kv_cache_memory_bytes=KV_CACHE_BYTES)
             prompts = ["Hello", {"prompt_token_ids": [1, 5, 6]}]
             model_config = _config(llm).model_config
+            info["hidden"] = getattr(model_config.hf_config, "hidden_size", None)
             pooling = (getattr(model_config, "runner_type", None) == "pooling"
                        or bool(getattr(model_config, "is_pooling_model", False)))
             if pooling:
@@ -530,6 +547,13 @@ def run_problem(arch: str, info: dict[str, Any]) -> str | None:
         )
     if info.get("family") is None:
         return None
+    hidden, shapes = info.get("hidden"), info.get("shapes") or []
+    wrong = [shape for shape in shapes if hidden and shape and shape[-1] != hidden]
+    if wrong:
+        return (
+            f"{arch}: forward returned hidden states of shape {wrong[0]}; the checkpoint's "
+            f"hidden_size is {hidden}, so they must be [num_tokens, {hidden}]."
+        )
     outputs = info.get("outputs") or []
     if len(outputs) != 2:
         return f"{arch}: {info['task']} returned {len(outputs)} output(s) for 2 prompts."
@@ -564,19 +588,33 @@ def check_models_run(ctx: CheckContext) -> None:
     # The shared probe already knows whether there is anything to run: no engine otherwise.
     if not _called(ctx)["new_models"]:
         skip("the plugin registers no model architectures")
-    result = ctx.session.memo(
-        f"models_run {ctx.entry_point.key}",
-        lambda: ctx.probe(engine_run_code(MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
+    # One probe per architecture: an engine runs in the probe's own process (so `forward` can
+    # be watched), and real vLLM cannot build a second engine in a process after the first.
+    listed = ctx.session.memo(
+        f"models_list {ctx.entry_point.key}",
+        lambda: ctx.probe(engine_run_code("RUN = []\n" + MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
     )
-    if not result.ok:
-        fail(f"Running the plugin's models in a fresh process {result.describe()}")
-    run = result.values
+    if not listed.ok:
+        fail(f"Registering the plugin's models in a fresh process {listed.describe()}")
+    run = listed.values
     skip_if_engine_missing(run)
     if "plugin_error" in run:
         fail(f"The plugin raised when called (see general.runs):\n{run['plugin_error']}")
     if not run["new"]:
         skip("the plugin registers no model architectures")
-    runs = run["runs"]
+    runs = dict(run["runs"])
+    for arch, info in sorted(runs.items()):
+        if info.get("family") is None or "error" in info:
+            continue
+        one = ctx.session.memo(
+            f"models_run {ctx.entry_point.key} {arch}",
+            lambda arch=arch: ctx.probe(
+                engine_run_code(f"RUN = [{arch!r}]\n" + MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S
+            ),
+        )
+        if not one.ok:
+            fail(f"Running {arch} in a fresh process {one.describe()}")
+        runs[arch] = one.values["runs"].get(arch, info)
     problems = [p for arch, info in sorted(runs.items()) if (p := run_problem(arch, info))]
     if problems:
         fail("\n".join(problems))

@@ -664,6 +664,22 @@ if not ENGINE_MISSING:
 """
 
 
+#: What an engine says when it cannot build a checkpoint's model at all: transformers does not
+#: know its `model_type`, or no registered class serves its architecture.
+UNSERVABLE_MODEL = ("does not recognize this architecture", "are not supported for now")
+
+
+def model_unservable(stage: str | None, error: str) -> str | None:
+    """The engine's refusal of the model itself while `LLM(...)` was being built, if that is
+    what `error` is (not an error of the processor, which runs later)."""
+    if not (stage or "").startswith("LLM("):
+        return None
+    for line in error.splitlines():
+        if any(marker in line for marker in UNSERVABLE_MODEL):
+            return line.strip()[:200]
+    return None
+
+
 @check(
     "io_processor.engine-run",
     title="the plugin's sample request runs end to end through LLM.encode in a real engine",
@@ -679,7 +695,10 @@ def check_engine_run(ctx: CheckContext) -> None:
     pre_process, the model on every prompt and post_process on its real outputs. The
     checkpoint comes from the plugin's `conformance_checkpoint(workdir)` class method, else
     from the harness's generators when one names the plugin in its config.json; the check is
-    skipped without a sample request or a checkpoint."""
+    skipped without a sample request or a checkpoint, and where the engine cannot build that
+    checkpoint's model at all (real vLLM serves image-input pooling models only through its
+    multimodal registry, so the fixture's reference-only segmentation model does not load
+    there)."""
     from conformance.checks.general import (
         ENGINE_RUN_TIMEOUT_S,
         engine_run_code,
@@ -705,6 +724,14 @@ def check_engine_run(ctx: CheckContext) -> None:
     skip_if_engine_missing(run)
     if "engine_error" in run:
         error = run["engine_error"]
+        unservable = model_unservable(error["stage"], error["error"])
+        if unservable:
+            skip(
+                f"this engine cannot build the checkpoint's model ({unservable}), so no request "
+                "can reach the processor here; the processor was judged without a model "
+                "(io_processor.round-trip). Give `conformance_checkpoint(workdir)` a checkpoint "
+                "whose architecture this engine serves."
+            )
         fail(f"{error['stage']} raised:\n{error['error'].rstrip()}")
     if not run["has_sample"]:
         skip(f"the plugin provides no sample request (no {SAMPLE_HOOK}() on its class)")
