@@ -260,9 +260,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
     results = list(state.results.values())
     terminalreporter.write_sep("=", "vllm-conformance")
-    terminalreporter.write_line(
-        f"{state.target.name}: {verdict(results, state.strict)} ({len(results)} checks)"
-    )
+    if not results:
+        # `--co`, or every item deselected: nothing ran, so there is no verdict to give.
+        terminalreporter.write_line(f"{state.target.name}: no checks ran, no verdict")
+    else:
+        terminalreporter.write_line(
+            f"{state.target.name}: {verdict(results, state.strict)} ({len(results)} checks)"
+        )
     if state.report_path:
         terminalreporter.write_line(f"report: {state.report_path}")
 
