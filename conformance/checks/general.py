@@ -588,11 +588,14 @@ def check_models_run(ctx: CheckContext) -> None:
     # The shared probe already knows whether there is anything to run: no engine otherwise.
     if not _called(ctx)["new_models"]:
         skip("the plugin registers no model architectures")
-    # One probe per architecture: an engine runs in the probe's own process (so `forward` can
-    # be watched), and real vLLM cannot build a second engine in a process after the first.
+    # The engine runs in the probe's own process, so that `forward` can be watched. Real vLLM
+    # cannot build a second engine in a process after the first: there, one probe lists the
+    # architectures and one more runs each; the reference runs them all in the first.
+    per_arch = ctx.engine != "reference"
+    first = "RUN = []\n" if per_arch else "RUN = None\n"
     listed = ctx.session.memo(
         f"models_list {ctx.entry_point.key}",
-        lambda: ctx.probe(engine_run_code("RUN = []\n" + MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
+        lambda: ctx.probe(engine_run_code(first + MODELS_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
     )
     if not listed.ok:
         fail(f"Registering the plugin's models in a fresh process {listed.describe()}")
@@ -604,7 +607,7 @@ def check_models_run(ctx: CheckContext) -> None:
         skip("the plugin registers no model architectures")
     runs = dict(run["runs"])
     for arch, info in sorted(runs.items()):
-        if info.get("family") is None or "error" in info:
+        if not per_arch or info.get("family") is None or "error" in info:
             continue
         one = ctx.session.memo(
             f"models_run {ctx.entry_point.key} {arch}",
