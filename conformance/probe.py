@@ -146,6 +146,13 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def _reap_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left in the group
+
+
 def run_probe(
     code: str,
     *,
@@ -212,6 +219,10 @@ def run_probe(
                 break
             flooded.wait(0.01)
         proc.wait()
+        # What the probe started and left running (real vLLM's engine-core and worker
+        # processes outlive an interpreter that ends without shutting the engine down) is still
+        # in the probe's session: stop it, so no probe leaves processes or memory behind.
+        _reap_group(proc.pid)
         for reader in readers:
             reader.join(timeout=5)
         wall_s = time.perf_counter() - started

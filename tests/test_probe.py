@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import time
 
 import pytest
 
@@ -168,3 +170,28 @@ def test_probe_code_sees_the_overlay_first(overlay):
         overlay=overlay,
     )
     assert result.values == {"shadowed": True}
+
+
+def test_processes_a_probe_leaves_running_are_stopped_when_it_ends():
+    # Like an engine's core and worker processes when the interpreter ends without shutdown.
+    result = run_probe(
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "probe.result['child'] = child.pid\n"
+    )
+    assert result.ok, result.describe()
+    pid = result.values["child"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid), f"the probe's child {pid} outlived the probe"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child that nobody has reaped yet is a zombie: gone for our purpose.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
