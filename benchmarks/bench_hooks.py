@@ -48,16 +48,9 @@ from typing import Any
 
 from _common import IMG, RESULTS, ROOT, machine, markdown_table, save_plot, write_json
 
-PROMPTS = [
-    "The quick brown fox",
-    "Hello, my name is",
-    "In the beginning",
-    "def fibonacci(n):",
-    "Once upon a time there was",
-    "The capital of France is",
-    "1, 2, 3, 4,",
-    "vLLM plugins are loaded",
-]
+# The same eight prompts as the engine benchmark (d), so that the runs compare.
+from bench_engine import PROMPTS
+
 V1_FQCN = "dummy_logits_processor:DummyLogitsProcessorV1"
 TARGET = 7
 

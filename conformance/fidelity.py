@@ -16,19 +16,14 @@ reference engine's internals on purpose, which real vLLM does not have.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.matrix import MARKS, fold
+from conformance.matrix import MARKS, fold, run_cli_report
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,23 +47,11 @@ Runner = Callable[[str, Sequence[str]], Run]
 
 
 def run_report(python: str, argv: Sequence[str]) -> Run:
-    """Run `python -m conformance.cli <argv> --report-dir <tmp>` and fold its JSON report."""
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="conformance-fidelity-") as tmp:
-        cmd = [python, "-m", "conformance.cli", *argv, "--report-dir", tmp]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
-        )
-        path = Path(tmp) / "conformance-report.json"
-        if not path.exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-            return Run(
-                error=f"exited {proc.returncode} without a report: {tail}",
-                seconds=time.perf_counter() - started,
-            )
-        report = json.loads(path.read_text())
-    return Run(fold(report["checks"]), seconds=time.perf_counter() - started)
+    """Run `python -m conformance.cli <argv>` and fold its JSON report."""
+    report, why, seconds = run_cli_report(python, argv)
+    if report is None:
+        return Run(error=why, seconds=seconds)
+    return Run(fold(report["checks"]), seconds=seconds)
 
 
 @dataclass(frozen=True)

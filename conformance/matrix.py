@@ -303,29 +303,35 @@ def first_failures(checks: Iterable[dict[str, Any]]) -> dict[str, str]:
 Certifier = Callable[[str, str, Sequence[str]], Cell]
 
 
-def certify_in(python: str, target: str, extra: Sequence[str] = ()) -> Cell:
-    """Run `certify target --engine vllm` with `python` and read its JSON report."""
+def run_cli_report(python: str, argv: Sequence[str]) -> tuple[dict[str, Any] | None, str, float]:
+    """Run `python -m conformance.cli <argv> --report-dir <tmp>` offline; return its JSON report
+    (None if it wrote none), the tail of its output when it did not, and the wall seconds."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="conformance-matrix-") as tmp:
-        argv = [python, "-m", "conformance.cli", "certify", target, "--engine", "vllm"]
-        argv += ["--report-dir", tmp, *extra]
+    with tempfile.TemporaryDirectory(prefix="conformance-run-") as tmp:
+        cmd = [python, "-m", "conformance.cli", *argv, "--report-dir", tmp]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
         proc = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
+            cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
         )
-        report_path = Path(tmp) / "conformance-report.json"
-        if not report_path.exists():
-            output = _tail(proc.stdout + proc.stderr, 8)
-            return Cell(
-                error=f"certify exited {proc.returncode} without a report: {output}",
-                seconds=time.perf_counter() - started,
+        path = Path(tmp) / "conformance-report.json"
+        if not path.exists():
+            why = (
+                f"exited {proc.returncode} without a report: {_tail(proc.stdout + proc.stderr, 8)}"
             )
-        report = json.loads(report_path.read_text())
+            return None, why, time.perf_counter() - started
+        return json.loads(path.read_text()), "", time.perf_counter() - started
+
+
+def certify_in(python: str, target: str, extra: Sequence[str] = ()) -> Cell:
+    """Run `certify target --engine vllm` with `python` and read its JSON report."""
+    report, why, seconds = run_cli_report(python, ["certify", target, "--engine", "vllm", *extra])
+    if report is None:
+        return Cell(error=f"certify {why}", seconds=seconds)
     return Cell(
         statuses=fold(report["checks"]),
         failures=first_failures(report["checks"]),
         verdict=report["summary"]["verdict"],
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
 
 

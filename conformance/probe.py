@@ -140,17 +140,12 @@ class _TailReader(threading.Thread):
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the probe's session (its process group), whether or not the probe still runs;
+    an empty group is no error."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
-
-
-def _reap_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # nothing left in the group
 
 
 def run_probe(
@@ -222,7 +217,7 @@ def run_probe(
         # What the probe started and left running (real vLLM's engine-core and worker
         # processes outlive an interpreter that ends without shutting the engine down) is still
         # in the probe's session: stop it, so no probe leaves processes or memory behind.
-        _reap_group(proc.pid)
+        _kill_group(proc)
         for reader in readers:
             reader.join(timeout=5)
         wall_s = time.perf_counter() - started

@@ -573,7 +573,7 @@ if not R["no_ray"] and not ENGINE_MISSING:
         try:
             llm = LLM(model=tiny_checkpoint("llama"), tensor_parallel_size=2,
                       distributed_executor_backend="ray", max_model_len=128, max_num_seqs=2,
-                      kv_cache_memory_bytes=KV_CACHE_BYTES)
+                      **SMALL_ENGINE)
         except Exception as exc:
             R["engine_error"] = f"{type(exc).__name__}: {exc}"
         else:

@@ -647,8 +647,7 @@ if not ENGINE_MISSING:
         if R["has_sample"] and R["model"]:
             from vllm import LLM
             stage = f"LLM(model=..., io_processor_plugin={EP_NAME!r})"
-            llm = LLM(model=model, io_processor_plugin=EP_NAME, max_num_seqs=2,
-                      enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES)
+            llm = LLM(model=model, io_processor_plugin=EP_NAME, max_num_seqs=2, **SMALL_ENGINE)
             processor = getattr(llm, "io_processor", None)
             R["processor"] = None if processor is None else type(processor).__qualname__
             stage = f"{SAMPLE_HOOK}()"

@@ -801,8 +801,8 @@ if not ENGINE_MISSING:
     stage = "LLM(model=tiny_llama, max_num_seqs=2)"
     try:
         llm = LLM(model=tiny_checkpoint("llama"), max_num_seqs=2, max_model_len=128,
-                  enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES)
-        R["v2"] = getattr(llm.vllm_config, "use_v2_model_runner", None)
+                  **SMALL_ENGINE)
+        R["v2"] = getattr(llm.llm_engine.vllm_config, "use_v2_model_runner", None)
         params = []
         for i, n in enumerate(LENGTHS):
             extra = chosen[(i // 2) % len(chosen)] if chosen and i % 2 == 0 else None

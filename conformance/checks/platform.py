@@ -756,13 +756,11 @@ if not ENGINE_MISSING:
         R["platform"] = f"{type(platform).__module__}.{type(platform).__qualname__}"
         from vllm import LLM, SamplingParams
         stage = "LLM(model=tiny_llama, distributed_executor_backend='uni')"
-        # The KV cache is sized, as in every engine run: real vLLM's CPU worker otherwise
-        # insists that 92% of the host's memory be free (see KV_CACHE_BYTES).
+        # Built as every engine run is (see SMALL_ENGINE: real vLLM's CPU worker otherwise
+        # insists that 92% of the host's memory be free).
         llm = LLM(model=tiny_checkpoint("llama"), max_num_seqs=2, max_model_len=128,
-                  distributed_executor_backend="uni", kv_cache_memory_bytes=KV_CACHE_BYTES)
-        # vLLM keeps the engine's config on `llm.llm_engine`; the reference on the LLM itself.
-        engine = getattr(llm, "llm_engine", llm)
-        R["worker_cls"] = str(engine.vllm_config.parallel_config.worker_cls)
+                  distributed_executor_backend="uni", **SMALL_ENGINE)
+        R["worker_cls"] = str(llm.llm_engine.vllm_config.parallel_config.worker_cls)
         stage = "LLM.generate(2 prompts, max_tokens=2)"
         params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
         outs = llm.generate(["Hello", "abc"], params)

@@ -436,7 +436,7 @@ if not ENGINE_MISSING:
             # One worker in the engine core's process, as general.models-run builds LLM.
             args = AsyncEngineArgs(model=tiny_checkpoint("llama"), max_num_seqs=2,
                                    max_model_len=128, distributed_executor_backend="uni",
-                                   enforce_eager=True, kv_cache_memory_bytes=KV_CACHE_BYTES)
+                                   **SMALL_ENGINE)
             engine = AsyncLLM.from_engine_args(args)
             stage = "generating 3 requests"
             async def one(i, prompt, n):
