@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conformance import __version__
-from conformance.checks import load_catalog
+from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
 from conformance.probe import ENGINES
 from conformance.report import (
@@ -23,8 +23,12 @@ from conformance.report import (
     write_reports,
 )
 from conformance.runner import (
+    EXIT_CERTIFIED,
+    EXIT_NOT_CERTIFIED,
+    EXIT_USAGE,
     check_patterns_problem,
     engine_target,
+    exit_code,
     read_expected_failures,
     run_checks,
     run_engine_checks,
@@ -32,7 +36,7 @@ from conformance.runner import (
 )
 from conformance.target import TargetError, resolve_target
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = EXIT_CERTIFIED, EXIT_NOT_CERTIFIED
 
 
 class UsageError(Exception):
@@ -93,7 +97,7 @@ def _certify(args: argparse.Namespace) -> int:
         )
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
-    return EXIT_OK if verdict(results, args.strict) == "certified" else EXIT_FAILED
+    return exit_code(results, args.strict)
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def _engine(args: argparse.Namespace) -> int:
         report = build_report(engine_subject(), engine_info(args.engine, contract), results)
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
-    return EXIT_OK if verdict(results) == "certified" else EXIT_FAILED
+    return exit_code(results)
 
 
 def render_checks_markdown() -> str:

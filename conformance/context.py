@@ -1,77 +1,41 @@
 """What a check sees: the target, the engine, its entry point, and probes that run its code.
 
 A `Session` holds what checks of one (target, engine) run share: the staged overlay, the
-engine's contract version, and the result of the shared facts probe, each computed once.
+engine's contract version, every probe's result (one per probe function and arguments), and
+every check's outcome (so a dependent check can ask whether its prerequisites passed).
 """
 
 from __future__ import annotations
 
 import json
-import textwrap
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from conformance.checks import Check, fail
+from conformance.framework import Check, CheckFailed, HarnessError, fail_on
 from conformance.probe import ProbeResult, run_probe
+from conformance.probes import facts as facts_probe
 from conformance.target import EntryPointInfo, Target
 from reference._version import CONTRACT_VERSION
 
-#: Prepended to every check probe: helpers to reach the target's entry points.
-PRELUDE = '''
-from importlib.metadata import entry_points as _entry_points
-
-def target_entry_point(group, name):
-    """The target's entry point `name` of `group`, found as the engine would find it."""
-    found = [ep for ep in _entry_points(group=group) if ep.name == name]
-    if not found:
-        raise LookupError(f"entry point {group}:{name} is not discoverable")
-    return found[-1]
-
-def _err(exc):
-    """An exception as text: its type, message and the last frames of its traceback."""
-    import traceback
-    return f"{type(exc).__name__}: {exc}\\n" + "".join(traceback.format_exception(exc)[-6:])
-
-def _params(func):
-    """Parameter names of `func` (`*args`, `**kwargs` marked), or None if it has no signature."""
-    import inspect
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    star = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
-    return [star.get(p.kind, "") + p.name for p in params]
-
-def registered_model_class(arch):
-    """The class the engine's ModelRegistry holds for `arch`, importing a lazy entry."""
-    import importlib
-    from vllm import ModelRegistry
-    entry = ModelRegistry.models[arch]
-    if getattr(entry, "module_name", None):
-        return getattr(importlib.import_module(entry.module_name), entry.class_name)
-    return getattr(entry, "model_cls", entry)
-
-def describe(obj):
-    """A JSON-able sketch of a loaded object."""
-    import inspect
-    kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "other"
-    out = {"kind": kind, "repr": repr(obj)[:200],
-           "qualname": f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"}
-    if callable(obj):
-        try:
-            sig = inspect.signature(obj)
-            out["required_params"] = [
-                p.name for p in sig.parameters.values()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                                       p.KEYWORD_ONLY)]
-        except (TypeError, ValueError):
-            out["required_params"] = None
-    if kind == "class":
-        out["mro"] = [f"{c.__module__}.{c.__qualname__}" for c in obj.__mro__]
-    return out
-'''
+T = TypeVar("T")
 
 DEFAULT_CHECK_TIMEOUT_S = 60.0
+
+
+class ProbeFailed(CheckFailed):
+    """A probe did not return its observation because of the plugin (it raised, hung,
+    exited or flooded): the check fails with what happened."""
+
+    def __init__(self, message: str, result: ProbeResult) -> None:
+        super().__init__(message, exception=result.exception)
+        self.result = result
+
+
+def probe_name(function: Callable[..., Any]) -> str:
+    """`package.module:function`, how the probe process finds a probe function."""
+    return f"{function.__module__}:{function.__name__}"
 
 
 @dataclass
@@ -81,33 +45,44 @@ class Session:
     target: Target
     engine: str = "reference"
     timeout: float = DEFAULT_CHECK_TIMEOUT_S
-    #: Code run after the engine is mounted and before each engine scenario: how the harness's
+    #: Code run after the engine is mounted and before each probe function: how the harness's
     #: own tests break an engine on purpose (the engine mutants).
     engine_patch: str = ""
     _contract: str | None = field(default=None, repr=False)
-    _facts: dict[str, Any] | None = field(default=None, repr=False)
-    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    _probes: dict[str, ProbeResult] = field(default_factory=dict, repr=False)
+    #: Outcomes by planned item id, before expected failures are applied.
+    outcomes: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Entry points whose code already hung a probe: later probes of them fail at once, so a
     #: hanging plugin costs one timeout, not one per check.
     _hung: dict[str, ProbeResult] = field(default_factory=dict, repr=False)
 
-    def memo(self, key: str, compute: Any) -> Any:
-        """`compute()` once per session for `key` (probes that several checks read)."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    def probe(
-        self, code: str, *, env: dict[str, str | None] | None = None, timeout: float | None = None
+    def run(
+        self,
+        function: Callable[..., Any],
+        args: dict[str, Any] | None = None,
+        *,
+        env: dict[str, str | None] | None = None,
+        timeout: float | None = None,
+        hang_key: str = "<target>",
     ) -> ProbeResult:
-        body = PRELUDE + "\n" + textwrap.dedent(code)
-        return run_probe(
-            body,
-            engine=self.engine,
-            env=env,
-            timeout=timeout or self.timeout,
-            **self.target.probe_settings(),  # type: ignore[arg-type]
-        )
+        """Run the probe function with `args` once per session (the result is shared)."""
+        key = json.dumps([probe_name(function), args or {}, env or {}], sort_keys=True)
+        if key not in self._probes:
+            if hang_key in self._hung:
+                return self._hung[hang_key]
+            result = run_probe(
+                call=probe_name(function),
+                args=args or {},
+                engine=self.engine,
+                env=env,
+                timeout=timeout or self.timeout,
+                patch=self.engine_patch,
+                **self.target.probe_settings(),  # type: ignore[arg-type]
+            )
+            if result.status == "timeout":
+                self._hung[hang_key] = result
+            self._probes[key] = result
+        return self._probes[key]
 
     @property
     def contract(self) -> str:
@@ -117,32 +92,33 @@ class Session:
                 self._contract = CONTRACT_VERSION
             else:
                 result = run_probe(
-                    "import vllm\nprobe.result['v'] = vllm.__version__\n", engine=self.engine
+                    call="conformance.probes.facts:engine_version", engine=self.engine
                 )
-                self._contract = str(result.values.get("v", "0"))
+                self._contract = str(result.observation or "0")
         return self._contract
 
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> facts_probe.EntryPointFacts:
         """How each of the target's entry points loads, from one shared probe."""
-        if self._facts is None:
-            eps = [ep.to_json() for ep in self.target.vllm_entry_points]
-            code = f"""
-            facts = {{}}
-            for ep in {json.dumps(eps)}:
-                key = ep["group"] + ":" + ep["name"]
-                try:
-                    obj = target_entry_point(ep["group"], ep["name"]).load()
-                except BaseException as exc:
-                    facts[key] = {{"loaded": False, "error": f"{{type(exc).__name__}}: {{exc}}"}}
-                else:
-                    facts[key] = {{"loaded": True, **describe(obj)}}
-            probe.result["entry_points"] = facts
-            """
-            result = self.probe(code)
-            if result.status == "timeout":
-                self._hung["<target>"] = result
-            self._facts = {"probe": result, **result.values}
-        return self._facts
+        eps = [ep.to_json() for ep in self.target.vllm_entry_points]
+        result = self.run(facts_probe.observe_entry_points, {"entry_points": eps})
+        return observation(result, facts_probe.observe_entry_points, "loading the entry points")
+
+
+def observation(result: ProbeResult, function: Callable[..., T], purpose: str) -> T:
+    """The typed observation of a finished probe, or the exception that says whose fault it is
+    that there is none: `HarnessError` if the harness's own code (or the engine set-up) failed,
+    `ProbeFailed` if the plugin made the probe raise, hang, exit or flood."""
+    if result.ok:
+        kind = typing.get_type_hints(function).get("return", Any)
+        return typing.cast(T, result.observation_as(kind))
+    exception = result.exception
+    if result.status == "setup-failed":
+        raise HarnessError(
+            f"The engine could not be set up for {purpose}: {result.describe()}", exception
+        )
+    if exception is not None and exception.owner == "harness":
+        raise HarnessError(f"The harness's probe for {purpose} {result.describe()}", exception)
+    raise ProbeFailed(f"The probe {purpose} {result.describe()}", result)
 
 
 @dataclass
@@ -161,37 +137,55 @@ class CheckContext:
     def engine(self) -> str:
         return self.session.engine
 
-    def probe(self, code: str, **kwargs: Any) -> ProbeResult:
-        """Run `code` in a fresh interpreter with the target visible (see `Session.probe`).
-
-        `EP_GROUP`, `EP_NAME` and `EP_VALUE` name this check's entry point, and
-        `target_entry_point(group, name)` / `describe(obj)` are in scope.
-        """
-        header, key = "", "<target>"
-        if self.entry_point is not None:
-            ep = self.entry_point
-            header = f"EP_GROUP, EP_NAME, EP_VALUE = {ep.group!r}, {ep.name!r}, {ep.value!r}\n"
-            key = ep.key
-        if key in self.session._hung:
-            return self.session._hung[key]
-        result = self.session.probe(header + textwrap.dedent(code), **kwargs)
-        if result.status == "timeout":
-            self.session._hung[key] = result
-        return result
-
-    def fact(self) -> dict[str, Any]:
-        """The shared facts of this check's entry point (`loaded`, `kind`, `mro`, …)."""
+    @property
+    def ep(self) -> EntryPointInfo:
+        """This check's entry point (an entry-point check always has one)."""
         assert self.entry_point is not None, f"{self.check.id} is not an entry-point check"
-        return self.session.facts().get("entry_points", {}).get(self.entry_point.key, {})
+        return self.entry_point
 
-    def loaded(self) -> dict[str, Any]:
-        """The entry point's facts; fails the check if the probe died or the load failed."""
+    def run(
+        self,
+        function: Callable[..., Any],
+        /,
+        *,
+        env: dict[str, str | None] | None = None,
+        timeout: float | None = None,
+        **args: Any,
+    ) -> ProbeResult:
+        """The raw result of `function(**args)` in a probe (shared by every check asking the
+        same); for an entry-point check, `group` and `name` are passed unless given."""
+        if self.entry_point is not None:
+            args = {"group": self.entry_point.group, "name": self.entry_point.name, **args}
+        hang_key = self.entry_point.key if self.entry_point is not None else "<target>"
+        return self.session.run(function, args, env=env, timeout=timeout, hang_key=hang_key)
+
+    def observe(
+        self,
+        function: Callable[..., T],
+        /,
+        *,
+        purpose: str = "",
+        env: dict[str, str | None] | None = None,
+        timeout: float | None = None,
+        **args: Any,
+    ) -> T:
+        """The typed observation `function(**args)` returns in a probe (see `run`)."""
+        result = self.run(function, env=env, timeout=timeout, **args)
+        return observation(result, function, purpose or f"of {self.check.id}")
+
+    def fact(self) -> facts_probe.EntryPointFact:
+        """How this check's entry point loads (shared by every check of the target)."""
+        found = self.session.facts().get(self.ep.key)
+        if found is None:
+            raise HarnessError(f"The facts probe did not report entry point {self.ep.key}.")
+        return found
+
+    def loaded(self) -> facts_probe.ObjectSketch:
+        """What the entry point resolved to; fails the check if it did not load."""
         fact = self.fact()
-        if not fact:
-            probe = self.session.facts()["probe"]
-            fail(f"The probe that loads the plugin's entry points {probe.describe()}")
-        if not fact["loaded"]:
-            ep = self.entry_point
-            assert ep is not None
-            fail(f"Entry point {ep.key} = {ep.value!r} could not be loaded: {fact['error']}")
-        return fact
+        if fact.loaded is not None:
+            return fact.loaded
+        head = f"Entry point {self.ep.key} = {self.ep.value!r} did not load"
+        if fact.import_error is not None:
+            fail_on(fact.import_error, head + ":")
+        raise CheckFailed(f"{head}: {fact.unresolved or 'for no reason the probe could see'}")

@@ -1,9 +1,14 @@
-"""Probes: run code in a fresh interpreter with an engine mounted and return what happened as JSON.
+"""Probes: run harness code in a fresh interpreter with an engine mounted, and return what
+happened as data.
 
-Plugins mutate process-global state, so every piece of plugin code the suite runs, runs here:
-`run_probe()` starts `python -m conformance.probe SCENARIO RESULT` with the overlay first on
-`sys.path`, the given environment and a timeout. A probe that hangs, exits, crashes or floods
-its output comes back as a failed `ProbeResult`, in bounded time and memory.
+Plugins mutate process-global state, so every piece of plugin code the suite runs, runs here.
+`run_probe(call="conformance.probes.general:observe_general", args={...})` starts
+`python -m conformance.probe SCENARIO RESULT` with the overlay first on `sys.path`, the given
+environment and a timeout; the child imports that ordinary module, calls the function with the
+JSON arguments and writes its observation (a dataclass) as JSON. `run_probe(code)` runs a short
+module body instead, for the suite's own tests and `conformance_probe` users. A probe that hangs,
+exits, crashes or floods its output comes back as a failed `ProbeResult`, in bounded time and
+memory; an exception that ends it comes back as an `ExceptionInfo` with its owner.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.overlay import normalize_dist_name
+from conformance.probes.data import ExceptionInfo, from_json, to_json
 
 ENGINES = ("reference", "vllm")
 DEFAULT_TIMEOUT_S = 60.0
@@ -50,7 +56,9 @@ class ProbeResult:
     status: str
     values: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
-    exception: dict[str, str] | None = None
+    exception: ExceptionInfo | None = None
+    #: What the probe function returned, as JSON (`observation_as` rebuilds the dataclass).
+    observation: Any = None
     exit_code: int | None = None
     signal: int | None = None
     stdout_tail: str = ""
@@ -66,16 +74,17 @@ class ProbeResult:
         """Captured `vllm` log records of exactly `level` (e.g. "ERROR")."""
         return [r for r in self.records if r["level"] == level]
 
+    def observation_as(self, kind: type[Any]) -> Any:
+        """The observation rebuilt as `kind` (the probe function's return type)."""
+        return from_json(kind, self.observation)
+
     def describe(self) -> str:
         """One paragraph for a failure message: what went wrong in the probe."""
         if self.status == "ok":
             return "the probe ran to completion"
         if self.status in ("raised", "setup-failed") and self.exception:
             prefix = "raised" if self.status == "raised" else "could not set up the engine:"
-            return (
-                f"{prefix} {self.exception['type']}: {self.exception['message']}\n"
-                f"{self.exception['traceback']}"
-            )
+            return f"{prefix} {self.exception.render()}"
         if self.status == "timeout":
             return f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed"
         if self.status == "flooded":
@@ -149,8 +158,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_probe(
-    code: str,
+    code: str = "",
     *,
+    call: str | None = None,
+    args: Mapping[str, Any] | None = None,
+    plugin_roots: Sequence[str] = (),
+    patch: str = "",
     engine: str = "reference",
     overlay: Any = None,
     env: Mapping[str, str | None] | None = None,
@@ -160,7 +173,13 @@ def run_probe(
     inherit_vllm_env: bool = False,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
 ) -> ProbeResult:
-    """Run `code` in a fresh interpreter and report what happened.
+    """Run `call` ("package.module:function", called with `args` as keywords) or `code` in a
+    fresh interpreter and report what happened.
+
+    A `call`'s function returns its observation (a dataclass, or anything `to_json` takes);
+    `plugin_roots` are the directories of the plugin's files, so that an exception is blamed on
+    its owner; `patch` is Python run after the engine is mounted and before the function (how
+    the harness's own tests break an engine on purpose).
 
     `code` runs as a module body with `probe` in scope: store JSON-able observations in
     `probe.result[...]`; `probe.records()` lists the `vllm` log records captured so far and
@@ -172,6 +191,8 @@ def run_probe(
     and the installed distributions named in `visible` contribute `vllm.*` entry points, so
     other installed plugins cannot change the outcome.
     """
+    if (call is None) == (not code):
+        raise ValueError("run_probe needs exactly one of `code` and `call`.")
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
     overlays = [] if overlay is None else overlay if isinstance(overlay, list) else [overlay]
@@ -179,8 +200,15 @@ def run_probe(
     with tempfile.TemporaryDirectory(prefix="vllm-probe-") as workdir:
         scenario_path = Path(workdir, "scenario.json")
         result_path = Path(workdir, "result.json")
+        patch_path = Path(workdir, "engine_patch.py")
+        if patch:
+            patch_path.write_text(patch, encoding="utf-8")
         scenario = {
             "code": code,
+            "call": call,
+            "args": to_json(dict(args or {})),
+            "plugin_roots": [*overlay_paths, *plugin_roots],
+            "patch": str(patch_path) if patch else None,
             "engine": engine,
             "sys_path": overlay_paths,
             "exclusive": exclusive,
@@ -235,7 +263,8 @@ def run_probe(
             result.status = reported["status"]
             result.values = reported["values"]
             result.records = reported["records"]
-            result.exception = reported["exception"]
+            result.exception = from_json(ExceptionInfo, reported["exception"])
+            result.observation = reported.get("observation")
             result.code_s = reported["code_s"]
         return result
 
@@ -260,20 +289,6 @@ class _Capture(logging.Handler):
         self.records.append(
             {"logger": record.name, "level": record.levelname, "message": message, "exc": exc_text}
         )
-
-
-class ProbeContext:
-    """What probe code sees as `probe`."""
-
-    def __init__(self, capture: _Capture) -> None:
-        self.result: dict[str, Any] = {}
-        self._capture = capture
-
-    def mark(self) -> int:
-        return len(self._capture.records)
-
-    def records(self, since: int = 0) -> list[dict[str, Any]]:
-        return list(self._capture.records[since:])
 
 
 def _restrict_discovery(overlay_paths: list[str], visible: list[str]) -> None:
@@ -327,13 +342,21 @@ def _install_capture() -> _Capture:
     return capture
 
 
-def _describe_exception(exc: BaseException) -> dict[str, str]:
-    return {
-        "type": type(exc).__qualname__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }
+def _run_scenario(scenario: dict[str, Any], probe: Any) -> Any:
+    """Run the scenario's engine patch, then its function (or code); return the observation."""
+    import runpy
+
+    if scenario["patch"]:
+        runpy.run_path(scenario["patch"], run_name="__engine_patch__")
+    if scenario["call"] is None:
+        code = compile(scenario["code"], "<probe>", "exec")
+        exec(code, {"__name__": "__probe__", "probe": probe})
+        return None
+    import importlib
+
+    module_name, _, function_name = scenario["call"].partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    return to_json(function(**scenario["args"]))
 
 
 def _child_main(scenario_path: str, result_path: str) -> None:
@@ -350,30 +373,33 @@ def _child_main(scenario_path: str, result_path: str) -> None:
         )
     if scenario["exclusive"]:
         _restrict_discovery(scenario["sys_path"], scenario["visible"])
-    status, exception, capture = "ok", None, _Capture()
-    probe = ProbeContext(capture)
+    from conformance.probes import runtime
+
+    runtime.configure(scenario["plugin_roots"])
+    status, exception, observation = "ok", None, None
+    probe = runtime.PROBE
     started = time.perf_counter()
     try:
         if scenario["engine"] == "reference":
             from reference.surface import mount
 
             mount()
-        capture = probe._capture = _install_capture()
+        probe._capture = _install_capture()
     except BaseException as exc:
-        status, exception = "setup-failed", _describe_exception(exc)
+        status, exception = "setup-failed", runtime.capture(exc)
     if status == "ok":
         started = time.perf_counter()
         try:
-            code = compile(scenario["code"], "<probe>", "exec")
-            exec(code, {"__name__": "__probe__", "probe": probe})
+            observation = _run_scenario(scenario, probe)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are plugin failures too
-            status, exception = "raised", _describe_exception(exc)
+            status, exception = "raised", runtime.capture(exc)
     code_s = time.perf_counter() - started
     report = {
         "status": status,
         "values": probe.result,
-        "records": capture.records,
-        "exception": exception,
+        "observation": observation,
+        "records": probe.records(),
+        "exception": to_json(exception),
         "code_s": code_s,
     }
     tmp = result_path + ".tmp"

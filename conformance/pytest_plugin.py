@@ -17,12 +17,19 @@ from typing import Any
 
 import pytest
 
-from conformance.checks import load_catalog
 from conformance.context import Session
+from conformance.framework import load_catalog
 from conformance.overlay import Overlay
 from conformance.probe import ENGINES, ProbeResult, run_probe
 from conformance.report import build_report, engine_info, plugin_subject, write_reports
-from conformance.runner import CheckResult, Planned, plan, read_expected_failures, run_planned
+from conformance.runner import (
+    CheckResult,
+    Planned,
+    exit_code,
+    plan,
+    read_expected_failures,
+    run_planned,
+)
 from conformance.target import TargetError, resolve_target
 
 ENV_VAR = "VLLM_CONFORMANCE_PLUGIN"
@@ -206,6 +213,8 @@ class CheckItem(pytest.Item):
             return
         if result.status in ("failed", "error"):
             pytest.fail(result.message, pytrace=False)
+        if result.status == "blocked":
+            pytest.skip(f"blocked by {result.blocked_by}: it did not pass")
         if result.status == "skipped":
             pytest.skip(result.message)
         if result.status == "xfailed":
@@ -250,6 +259,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         )
         json_path, _ = write_reports(report, directory)
         state.report_path = str(json_path)
+    if results and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        # The same exit code as `vllm-conformance certify` on the same run.
+        session.exitstatus = exit_code(results, state.strict)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -1,4 +1,4 @@
-"""Reports: `conformance-report.json` (schema 1), `conformance-report.md` and a console table."""
+"""Reports: `conformance-report.json` (schema 2), `conformance-report.md` and a console table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from conformance import __version__ as HARNESS_VERSION
 from conformance.runner import STATUSES, CheckResult, verdict
 from conformance.target import Target
 
-SCHEMA = 1
+#: 2: statuses `blocked` and `error` (the suite's own failure); each check carries `owner`,
+#: `requires`, `blocked_by` and `entry_points`; the verdict `suite-failed`. See
+#: docs/user-guide.md for the changes from 1.
+SCHEMA = 2
 JSON_NAME = "conformance-report.json"
 MARKDOWN_NAME = "conformance-report.md"
 
@@ -45,7 +48,7 @@ def build_report(
     results: Sequence[CheckResult],
     strict: bool = False,
 ) -> dict[str, Any]:
-    """The JSON report of design.md §3, schema 1."""
+    """The JSON report of design.md §3, schema 2 (`SCHEMA`)."""
     summary: dict[str, Any] = {status: 0 for status in STATUSES}
     for r in results:
         summary[r.status] += 1
@@ -97,7 +100,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['environment']['python']}.",
         "",
     ]
-    bad = [c for c in report["checks"] if c["status"] in ("failed", "error", "xpassed")]
+    bad = [c for c in report["checks"] if c["status"] in ("error", "failed", "xpassed")]
     if bad:
         lines += ["## Failures", ""]
         for c in sorted(bad, key=lambda c: (c["level"] != "required", c["id"])):
@@ -115,6 +118,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| `{c['id']}` | {ep} | {c['level']} | {c['status']} | {c['duration_s']:.2f} |"
         )
+    blocked = [c for c in report["checks"] if c["status"] == "blocked"]
+    if blocked:
+        lines += ["", "## Blocked", ""]
+        lines += [
+            f"- `{c['id']}` {c['entry_point'] or ''}: blocked by `{c['blocked_by']}`"
+            for c in blocked
+        ]
     skipped = [c for c in report["checks"] if c["status"] == "skipped"]
     if skipped:
         lines += ["", "## Capability skips", ""]
@@ -146,16 +156,32 @@ def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, 
     return json_path, md_path
 
 
+#: The console's order: root causes first, then what they blocked, then the rest.
+CONSOLE_ORDER = ("error", "failed", "xpassed", "blocked", "skipped", "xfailed", "passed")
+
+
+def _line(r: CheckResult, widths: tuple[int, int]) -> str:
+    ep = f" [{r.entry_point}]" if r.entry_point else ""
+    text = f"{r.status.upper():<{widths[0]}}  {r.level:<{widths[1]}}  {r.id}{ep}"
+    if r.status == "blocked":
+        return f"{text} — blocked by {r.blocked_by}"
+    if r.status in ("skipped", "xfailed") and r.message:
+        first = r.message.strip().splitlines()[0]
+        return f"{text} — {first}"
+    return text
+
+
 def render_console(results: Sequence[CheckResult], strict: bool = False) -> str:
-    """One line per check, then the counts and the verdict."""
-    rows = [(r.status.upper(), r.level, r.id, r.entry_point or "") for r in results]
-    widths = [max([len(row[i]) for row in rows] + [0]) for i in range(4)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    """Root causes first (each failure or error with its message), then the checks they
+    blocked one line each, skips with their reasons inline, the passes, and the verdict."""
+    results = sorted(results, key=lambda r: CONSOLE_ORDER.index(r.status))
+    widths = (max([len(r.status) for r in results] + [0]), len("recommended"))
+    lines: list[str] = []
     for r in results:
-        if r.status in ("failed", "error", "xpassed"):
-            lines += ["", r.message]
+        if r.status in ("error", "failed", "xpassed"):
+            lines += [_line(r, widths), *("    " + m for m in r.message.rstrip().splitlines()), ""]
+        else:
+            lines.append(_line(r, widths))
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     lines += [
         "",

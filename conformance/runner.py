@@ -9,16 +9,25 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
-import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from conformance.checks import CapabilitySkip, Check, CheckFailed, load_catalog
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from conformance.context import CheckContext, Session
+from conformance.framework import (
+    CapabilitySkip,
+    Check,
+    CheckFailed,
+    HarnessError,
+    load_catalog,
+)
+from conformance.probes.data import ExceptionInfo
 from conformance.target import EntryPointInfo, Target
 
 if sys.version_info >= (3, 11):
@@ -26,7 +35,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-STATUSES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+#: `blocked`: a prerequisite (`requires`) did not pass, so the check could not judge anything.
+#: `error`: the suite itself failed (its own code raised): nobody's verdict.
+STATUSES = ("passed", "failed", "error", "blocked", "skipped", "xfailed", "xpassed")
+#: Exit codes, the same from the CLI and from pytest on the same run.
+EXIT_CERTIFIED, EXIT_NOT_CERTIFIED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_SUITE_FAILED = 0, 1, 2, 3, 4
+VERDICT_EXIT = {
+    "certified": EXIT_CERTIFIED,
+    "not-certified": EXIT_NOT_CERTIFIED,
+    "incomplete": EXIT_INCOMPLETE,
+    "suite-failed": EXIT_SUITE_FAILED,
+}
+SUITE_FAILED = (
+    "the suite itself failed (an exception in vllm-plugin-conformance's own code); this says "
+    "nothing about the plugin. Please report it with the traceback below."
+)
 
 
 @dataclass(frozen=True)
@@ -51,9 +74,21 @@ class CheckResult:
     status: str
     message: str
     duration_s: float
+    #: Whose fault a non-passing outcome is: `plugin` (failed), `harness` (error), `engine`
+    #: (an engine check failed); None when it passed or was skipped.
+    owner: str | None = None
+    requires: list[str] = field(default_factory=list)
+    #: For `blocked`: the check whose failure (the root cause) blocked this one.
+    blocked_by: str | None = None
+    #: For a target-level failure: the entry points it concerns (empty: the whole target).
+    entry_points: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def item_id(self) -> str:
+        return f"{self.id}[{self.entry_point}]" if self.entry_point else self.id
 
 
 def plan(
@@ -100,39 +135,69 @@ def _with_fix(check: Check, message: str) -> str:
     return f"[{check.id}] {message.rstrip()}\nRule: {check.title}.\nFix: {check.fix}"
 
 
-def run_planned(
-    session: Session, item: Planned, expected_failures: Mapping[str, str] | None = None
-) -> CheckResult:
-    """Run one planned check and classify its outcome (expected failures applied)."""
+def _prerequisite_item(item: Planned, required: Check) -> Planned:
+    """The item of `required` that `item` depends on: the same entry point when both judge
+    entry points of one group, else the target as a whole."""
+    ep = item.entry_point
+    if required.per_entry_point and ep is not None and required.entry_point_group == ep.group:
+        return Planned(required, ep)
+    return Planned(required, None)
+
+
+def _blocker(session: Session, item: Planned) -> CheckResult | None:
+    """The first prerequisite of `item` that did not pass (computing it if needed)."""
+    catalog = load_catalog()
+    for required_id in item.check.requires:
+        result = outcome(session, _prerequisite_item(item, catalog[required_id]))
+        if result.status not in ("failed", "error", "blocked"):
+            continue
+        concerns = result.entry_points
+        if item.entry_point is not None and concerns and item.entry_point.key not in concerns:
+            continue
+        return result
+    return None
+
+
+def outcome(session: Session, item: Planned) -> CheckResult:
+    """Run one planned check once per session and classify its outcome (before expected
+    failures): prerequisites first, then the check, whose exception decides the status."""
+    if item.item_id in session.outcomes:
+        return session.outcomes[item.item_id]
     check = item.check
     started = time.perf_counter()
-    try:
-        check.func(CheckContext(session, check, item.entry_point))
-        status, message = "passed", ""
-    except CheckFailed as exc:
-        status, message = "failed", _with_fix(check, str(exc))
-    except CapabilitySkip as exc:
-        status, message = "skipped", f"capability skip: {exc}"
-    except Exception:
-        status = "error"
-        message = f"[{check.id}] the check itself crashed:\n{traceback.format_exc()}"
-    missing = (
-        _missing_dependency(message, session.target) if status in ("failed", "error") else None
-    )
-    if missing is not None:
-        status = "skipped"
-        message = (
-            f"capability skip: the plugin needs {missing}, which is not installed here (install "
-            "the plugin's dependencies, or vllm-plugin-conformance[engine] for torch, to run "
-            "this check)"
-        )
-    reason = _expected_reason(item, expected_failures or {})
-    if reason is not None:
-        if status in ("failed", "error"):
-            status, message = "xfailed", f"expected failure ({reason}): {message}"
-        elif status == "passed":
-            status, message = "xpassed", f"listed as an expected failure ({reason}) but passed"
-    return CheckResult(
+    owner = blocked_by = None
+    concerns: tuple[str, ...] = ()
+    blocker = _blocker(session, item)
+    if blocker is not None:
+        status = "blocked"
+        blocked_by = blocker.blocked_by or blocker.id
+        owner = blocker.owner
+        message = f"blocked by {blocked_by}: it did not pass, so this check could not judge"
+    else:
+        try:
+            check.func(CheckContext(session, check, item.entry_point))
+            status, message = "passed", ""
+        except CheckFailed as exc:
+            status, message = "failed", _with_fix(check, str(exc))
+            owner = "engine" if check.group == "engine" else "plugin"
+            concerns = exc.entry_points
+            absent = missing_dependency(exc.exception, session.target)
+            if absent is not None:
+                status, owner, concerns = "skipped", None, ()
+                message = (
+                    f"the plugin needs {absent}, which is not installed here (install the "
+                    "plugin's dependencies, or vllm-plugin-conformance[engine] for torch, to "
+                    "run this check)"
+                )
+        except CapabilitySkip as exc:
+            status, message = "skipped", str(exc)
+        except HarnessError as exc:
+            status, owner = "error", "harness"
+            message = f"[{check.id}] {SUITE_FAILED}\n{str(exc).rstrip()}"
+        except Exception:
+            status, owner = "error", "harness"
+            message = f"[{check.id}] {SUITE_FAILED}\n{traceback.format_exc().rstrip()}"
+    result = CheckResult(
         id=check.id,
         group=check.group,
         entry_point=item.entry_point.key if item.entry_point else None,
@@ -140,25 +205,48 @@ def run_planned(
         status=status,
         message=message,
         duration_s=round(time.perf_counter() - started, 4),
+        owner=owner,
+        requires=list(check.requires),
+        blocked_by=blocked_by,
+        entry_points=list(concerns),
     )
+    session.outcomes[item.item_id] = result
+    return result
 
 
-_NO_MODULE = re.compile(r"No module named '([A-Za-z0-9_]+)")
+def run_planned(
+    session: Session, item: Planned, expected_failures: Mapping[str, str] | None = None
+) -> CheckResult:
+    """Run one planned check (see `outcome`) and apply the expected failures."""
+    result = replace(outcome(session, item))
+    reason = _expected_reason(item, expected_failures or {})
+    if reason is not None:
+        if result.status in ("failed", "error", "blocked"):
+            result.status = "xfailed"
+            result.message = f"expected failure ({reason}): {result.message}"
+        elif result.status == "passed":
+            result.status = "xpassed"
+            result.message = (
+                f"[{item.check.id}] listed as an expected failure ({reason}) but passed"
+            )
+    return result
 
 
-def _missing_dependency(message: str, target: Target) -> str | None:
-    """The module whose absence alone caused a failure, if the plugin may rightly expect it.
-
-    torch (vLLM's own dependency) and the plugin's declared requirements count; an import of
-    anything else that fails is the plugin's fault. Overlays do not install dependencies.
-    """
+def missing_dependency(exception: ExceptionInfo | None, target: Target) -> str | None:
+    """The module whose absence alone made the plugin fail, if the plugin may rightly expect
+    it: torch (vLLM's own dependency) or one of its declared requirements, and not importable
+    in this environment. Anything else that fails to import is the plugin's fault."""
+    if exception is None or not exception.missing_module:
+        return None
+    top = exception.missing_module.partition(".")[0]
     declared = {"torch"}
     for raw in target.requires:
-        name = re.split(r"[\s;<>=!~\[(]", raw.strip(), maxsplit=1)[0]
-        declared.add(name.lower().replace("-", "_"))
-    for module in _NO_MODULE.findall(message):
-        if module.lower() in declared and importlib.util.find_spec(module) is None:
-            return module
+        try:
+            declared.add(canonicalize_name(Requirement(raw).name).replace("-", "_"))
+        except InvalidRequirement:
+            continue
+    if top.lower() in declared and importlib.util.find_spec(top) is None:
+        return top
     return None
 
 
@@ -224,15 +312,23 @@ def run_checks(
 
 
 def verdict(results: Iterable[CheckResult], strict: bool = False) -> str:
-    """`certified` unless a required check failed, errored, or is an expected failure.
-
-    With `strict`, recommended checks count as required.
-    """
+    """`suite-failed` if any check errored (the suite's own failure: no verdict on the plugin
+    can be trusted); else `not-certified` if a required check failed, was blocked, or is an
+    expected failure (xfailed or xpassed); else `certified`. With `strict`, recommended checks
+    count as required."""
+    results = list(results)
+    if any(r.status == "error" for r in results):
+        return "suite-failed"
     for r in results:
         counts = strict or r.level == "required"
-        if counts and r.status in ("failed", "error", "xfailed", "xpassed"):
+        if counts and r.status in ("failed", "blocked", "xfailed", "xpassed"):
             return "not-certified"
     return "certified"
+
+
+def exit_code(results: Iterable[CheckResult], strict: bool = False) -> int:
+    """The exit code of a run with these results (`VERDICT_EXIT` of its verdict)."""
+    return VERDICT_EXIT[verdict(results, strict)]
 
 
 def read_expected_failures(path: str | Path | None) -> dict[str, str]:

@@ -72,7 +72,7 @@ class Target:
         self.stage()
         if self._overlay is not None:
             return {"overlay": self._overlay}
-        return {"visible": [self.name]}
+        return {"visible": [self.name], "plugin_roots": installed_roots(self.name)}
 
     def __enter__(self) -> Target:
         self.stage()
@@ -80,6 +80,19 @@ class Target:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def installed_roots(name: str) -> list[str]:
+    """The top-level directories and modules of an installed distribution's files."""
+    dist = _installed(name)
+    if dist is None:
+        return []
+    roots = set()
+    for file in dist.files or ():
+        top = file.parts[0] if file.parts else ""
+        if top and top != ".." and not top.endswith((".dist-info", ".egg-info", ".data")):
+            roots.add(str(dist.locate_file(top)))
+    return sorted(roots)
 
 
 def mutant_names() -> list[str]:

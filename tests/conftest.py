@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from conformance.checks import load_catalog
+from conformance.framework import load_catalog
 from conformance.context import Session
 from conformance.overlay import Overlay
 from conformance.runner import CheckResult, plan, run_planned
@@ -63,5 +63,8 @@ def assert_mutant_fails(
     assert result.message.startswith(f"[{check_id}]")
     assert observed in result.message, "the message shows what was observed"
     assert f"\nFix: {load_catalog()[check_id].fix}" in result.message, "the fix hint ends it"
-    failed = {k for k, r in results.items() if r.status not in ("passed", "skipped")}
-    assert failed == {check_id} | also_fails, "otherwise a good plugin"
+    failed = {k for k, r in results.items() if r.status in ("failed", "error")}
+    assert failed == {check_id} | also_fails, "it fails its own check and only it"
+    stray = {k: r.blocked_by for k, r in results.items() if r.status == "blocked"}
+    roots = {check_id} | also_fails
+    assert all(by in roots for by in stray.values()), f"blocked by other checks: {stray}"

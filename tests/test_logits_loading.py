@@ -263,8 +263,8 @@ def test_an_entry_point_that_fails_to_import_aborts_with_a_runtime_error(broken_
     )
     entry = "EntryPoint(name='broken', value='broken_proc:Proc', group='vllm.logits_processors')"
     assert result.status == "raised", result.describe()
-    assert result.exception["type"] == "RuntimeError"
-    assert result.exception["message"] == f"Failed to load LogitsProcessor plugin {entry}"
+    assert result.exception.type == "RuntimeError"
+    assert result.exception.message == f"Failed to load LogitsProcessor plugin {entry}"
     errors = [r["message"] for r in result.records_at("ERROR")]
     assert errors == [f"Failed to load LogitsProcessor plugin {entry}: missing dependency xyz"]
 
@@ -282,8 +282,8 @@ def test_the_v2_runner_refuses_a_v1_interface_entry_point(v1_plugin):
         env=runner(True),
     )
     assert result.status == "raised", result.describe()
-    assert result.exception["type"] == "ValueError"
-    assert result.exception["message"] == (
+    assert result.exception.type == "ValueError"
+    assert result.exception.message == (
         f"LogitsProcessor plugin v1_proc is not a subclass of {V2_BASE}; V1-interface plugins "
         "are not supported by the V2 model runner."
     )
@@ -348,8 +348,8 @@ def test_the_v1_runner_cannot_build_the_v2_fixture_plugin_as_in_vllm(fixture_plu
         env=runner(False),
     )
     assert result.status == "raised", result.describe()
-    assert result.exception["type"] == "TypeError", "V1 calls ctor(vllm_config, device, pin)"
-    assert "DummyLogitsProcessor.__init__()" in result.exception["message"]
+    assert result.exception.type == "TypeError", "V1 calls ctor(vllm_config, device, pin)"
+    assert "DummyLogitsProcessor.__init__()" in result.exception.message
 
 
 @pytest.mark.parametrize("v2", [False, True], ids=["0", "1"])
@@ -502,7 +502,7 @@ def test_v2_refuses_the_v1_fixture_variant_by_fqcn(overlay):
         overlay=overlay,
     )
     assert result.status == "raised", result.describe()
-    assert result.exception["message"] == f"DummyLogitsProcessorV1 is not a subclass of {V2_BASE}"
+    assert result.exception.message == f"DummyLogitsProcessorV1 is not a subclass of {V2_BASE}"
 
 
 # --- frontend validation --------------------------------------------------------------------

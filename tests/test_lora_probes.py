@@ -92,8 +92,8 @@ def test_without_a_cache_dir_nothing_registers_and_nothing_is_logged_above_debug
 def test_a_cache_dir_that_is_not_a_directory_aborts_general_plugin_loading(tmp_path):
     result = run_probe(LIST_RESOLVERS, env=env_for(tmp_path / "missing"))
     assert result.status == "raised"
-    assert result.exception["type"] == "ValueError"
-    assert result.exception["message"].startswith(
+    assert result.exception.type == "ValueError"
+    assert result.exception.message.startswith(
         "VLLM_LORA_RESOLVER_CACHE_DIR must be set to a valid directory"
     )
 

@@ -497,8 +497,8 @@ def test_an_entry_point_that_is_not_a_stat_logger_class_is_a_type_error(overlay,
         overlay, "bad-logger", {STAT_LOGGER: {"bad": "bad_logger:NotALogger"}}, bad_logger=source
     )
     result = run_probe(LOAD_FACTORIES, overlay=overlay)
-    assert result.status == "raised" and result.exception["type"] == "TypeError", result.describe()
-    message = result.exception["message"]
+    assert result.status == "raised" and result.exception.type == "TypeError", result.describe()
+    message = result.exception.message
     assert message.startswith(
         f"Stat logger plugin 'bad' must be a subclass of StatLoggerBase (got {got}"
     ), message

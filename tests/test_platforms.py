@@ -90,8 +90,8 @@ def test_two_active_platform_plugins_raise_naming_both(tmp_path):
     second = platform_plugin(Overlay(tmp_path / "two"), "beta", ACTIVE)
     result = run_probe(RESOLVE, overlay=[first, second])
     assert result.status == "raised"
-    assert result.exception["type"] == "RuntimeError"
-    assert result.exception["message"] == (
+    assert result.exception.type == "RuntimeError"
+    assert result.exception.message == (
         "Only one platform plugin can be activated, but got: ['alpha', 'beta']"
     )
 
@@ -156,7 +156,7 @@ def test_a_plugin_named_like_a_builtin_that_flips_gives_a_clear_error(overlay):
     platform_plugin(overlay, "cpu", "    return None if len(CALLS) > 1 else __name__ + '.P'")
     result = run_probe(RESOLVE, overlay=overlay)
     assert result.status == "raised"
-    assert "returned None when called again" in result.exception["message"]
+    assert "returned None when called again" in result.exception.message
 
 
 def test_unknown_module_attribute_raises_attribute_error():

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 from conformance.overlay import Overlay
 from conformance.probe import ProbeResult, run_probe
 

@@ -33,8 +33,8 @@ import json
 import re
 from typing import Any
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 
 #: `pkg.module.Class`: what `resolve_obj_by_qualname` can import (it splits on the last dot).
 DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")

@@ -12,8 +12,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 
 V1_BASE = "vllm.v1.sample.logits_processor.LogitsProcessor"
 V2_BASE = "vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor"

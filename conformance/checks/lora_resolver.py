@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 
 #: The served model's name the probe passes as `base_model_name`; the planted adapter names it.
 BASE_MODEL = "conformance-org/base-model"

@@ -7,8 +7,8 @@ import difflib
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 from reference.plugins import KNOWN_GROUPS
 
 #: Names under which vLLM is published (the CPU build is a separate distribution).
@@ -50,22 +50,21 @@ def check_groups_known(ctx: CheckContext) -> None:
 
 @check(
     "package.entry-points-resolve",
-    title="every vllm.* entry point names an importable module and an existing attribute",
+    title="every vllm.* entry point names a module that exists and an attribute it defines",
     fix="Point each entry point at `module:attribute` that exists in the installed package.",
 )
 def check_entry_points_resolve(ctx: CheckContext) -> None:
-    """An entry point whose module fails to import, or whose attribute is missing, is logged
-    and skipped by vLLM (or aborts startup, for logits processors). All must load."""
-    facts = ctx.session.facts()
-    if "entry_points" not in facts:
-        fail(f"The probe that loads the entry points {facts['probe'].describe()}")
-    broken = [
-        f"{key} -> {info['error']}"
-        for key, info in facts["entry_points"].items()
-        if not info["loaded"]
-    ]
+    """An entry point whose module does not exist, or whose attribute is missing, is logged
+    and skipped by vLLM (or aborts startup, for logits processors): the metadata points at
+    nothing. Every `vllm.*` entry point's module must be found and, once imported, have the
+    attribute. (A module that exists but raises on import is the group's `loadable` check.)"""
+    broken = [f for f in ctx.session.facts().entry_points if f.unresolved is not None]
     if broken:
-        fail("These entry points do not load:\n  " + "\n  ".join(broken))
+        fail(
+            "These entry points point at nothing:\n  "
+            + "\n  ".join(f"{f.key} = {f.value!r}: {f.unresolved}" for f in broken),
+            entry_points=tuple(f.key for f in broken),
+        )
 
 
 @check(

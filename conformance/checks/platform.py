@@ -13,8 +13,8 @@ import json
 import re
 from typing import Any
 
-from conformance.checks import check, fail, skip
 from conformance.context import CheckContext
+from conformance.framework import check, fail, skip
 
 #: Names of vLLM 0.32's built-in platform detectors, which share a namespace with plugins.
 BUILTIN_PLATFORMS = ("tpu", "cuda", "rocm", "xpu", "cpu")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.checks import check, fail
 from conformance.context import CheckContext
+from conformance.framework import check, fail
 
 #: The engine (data-parallel) indexes the logger is built for: two, so that a per-engine
 #: class is constructed twice and `engine_idx` varies.
