@@ -185,12 +185,12 @@ def outcome(session: Session, item: Planned) -> CheckResult:
             if absent is not None:
                 status, owner, concerns = "skipped", None, ()
                 message = (
-                    f"the plugin needs {absent}, which is not installed here (install the "
+                    f"capability skip: the plugin needs {absent}, which is not installed here (install the "
                     "plugin's dependencies, or vllm-plugin-conformance[engine] for torch, to "
                     "run this check)"
                 )
         except CapabilitySkip as exc:
-            status, message = "skipped", str(exc)
+            status, message = "skipped", f"capability skip: {exc}"
         except HarnessError as exc:
             status, owner = "error", "harness"
             message = f"[{check.id}] {SUITE_FAILED}\n{str(exc).rstrip()}"

@@ -39,11 +39,15 @@ def code(src: str) -> str:
 
 
 def run_check_group(
-    target: Target, group: str, exclude: Iterable[str] = ()
+    target: Target, group: str | tuple[str, ...], exclude: Iterable[str] = ()
 ) -> dict[str, CheckResult]:
-    """Run the checks of `group` (less `exclude`) on `target` as `run_checks` does, by id."""
+    """Run the checks of `group` (one name, or several in one session) less `exclude` on
+    `target` as `run_checks` does, by id."""
+    groups = (group,) if isinstance(group, str) else group
     excluded = set(exclude)
-    catalog = {k: v for k, v in load_catalog().items() if v.group == group and k not in excluded}
+    catalog = {
+        k: v for k, v in load_catalog().items() if v.group in groups and k not in excluded
+    }
     session = Session(target)
     with target:
         return {

@@ -8,28 +8,26 @@ from typing import Any
 
 import pytest
 
-from conformance.checks import load_catalog
-from conformance.checks.general import GENERAL_RUN, fast_import_problem
-from conformance.context import PRELUDE
-from conformance.overlay import Overlay, fixture_names
+from conformance.checks.general import fast_import_problem
+from conformance.framework import load_catalog
+from conformance.overlay import Overlay, fixture_names, fixtures_root
 from conformance.probe import run_probe
+from conformance.probes.general import GeneralObservation
 from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
-from tests.conftest import run_check_group
+from tests.conftest import assert_mutant_fails, run_check_group
 
 GROUP = "general"
 GENERAL = "vllm.general_plugins"
-MUTANTS = [
-    "general.loadable",
-    "general.callable",
-    "general.runs",
-    "general.reentrant",
-    "general.no-cuda-init",
-    "general.lazy-model-registration",
-    "general.registered-models-resolve",
-    "general.no-builtin-overwrite",
-    "general.fast-import",
-]
+#: Checks that run a real engine: tested (mutant and good fixtures) in test_checks_engine_run.py,
+#: and left out of this file's runs, which stay fast.
+ENGINE_RUN = ["general.models-run"]
+#: Every general mutant in fixtures/mutants/, but the engine-run ones.
+MUTANTS = sorted(
+    p.name
+    for p in (fixtures_root() / "mutants").glob("general.*")
+    if p.name not in ENGINE_RUN
+)
 #: Mutants whose point needs torch: a model class, or a tensor on "cuda".
 NEEDS_TORCH = {
     "general.registered-models-resolve",
@@ -51,13 +49,9 @@ OBSERVED = {
 }
 
 
-#: Checks that run a real engine: tested (mutant and good fixtures) in test_checks_engine_run.py,
-#: and left out of this file's runs, which stay fast.
-ENGINE_RUN = ["general.models-run"]
-
-
 def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
-    return run_check_group(target, group, ENGINE_RUN)
+    """The group's checks and the package checks (their prerequisites) on `target`."""
+    return run_check_group(target, (group, "package"), ENGINE_RUN)
 
 
 def inline_target(name: str, source: str, **modules: str) -> Target:
@@ -72,32 +66,15 @@ def inline_target(name: str, source: str, **modules: str) -> Target:
 def test_every_general_check_has_a_mutant():
     ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
     assert ids == sorted(MUTANTS + ENGINE_RUN), "each general check needs a mutant named after it"
-
-
-#: Mutants that are otherwise good plugins: only their own check fails.
-ONLY_THEIR_OWN = {
-    "general.lazy-model-registration",
-    "general.no-builtin-overwrite",
-    "general.registered-models-resolve",
-    "general.reentrant",
-    "general.fast-import",
-    "general.no-cuda-init",
-}
+    assert set(OBSERVED) == set(MUTANTS), "each mutant says what its failure must show"
 
 
 @pytest.mark.parametrize("check_id", MUTANTS)
-def test_the_mutant_fails_its_check_with_the_fix(check_id):
+def test_the_mutant_fails_its_check_and_only_it(check_id):
     if check_id in NEEDS_TORCH:
         pytest.importorskip("torch")
     results = run_group(resolve_target(check_id))
-    result = results[check_id]
-    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
-    assert result.message.startswith(f"[{check_id}]")
-    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
-    assert "\nFix: " in result.message, "the message ends with the check's fix hint"
-    if check_id in ONLY_THEIR_OWN:
-        failed = sorted(k for k, r in results.items() if r.status not in ("passed", "skipped"))
-        assert failed == [check_id], "the mutant is otherwise a good plugin"
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], set())
 
 
 GOOD_GENERAL = [name for name in fixture_names() if resolve_target(name).entry_points_of(GENERAL)]
@@ -106,6 +83,7 @@ GOOD_GENERAL = [name for name in fixture_names() if resolve_target(name).entry_p
 @pytest.mark.parametrize("fixture", GOOD_GENERAL)
 def test_good_fixtures_pass_the_general_checks(fixture):
     results = run_group(resolve_target(fixture))
+    results = {k: r for k, r in results.items() if k.startswith("general.")}
     assert set(results) == set(MUTANTS)
     # Where a dependency (torch, numpy, ...) is absent, the checks that need it skip so.
     results = {k: r for k, r in results.items() if "not installed here" not in r.message}
@@ -144,10 +122,14 @@ def test_an_unguarded_custom_op_registration_is_not_reentrant():
     assert "The second call raised" in result.message and "Duplicate" in result.message
 
 
-def test_a_plugin_that_exits_the_interpreter_fails_loading_and_running_checks():
-    result = run_group(inline_target("exits", "import os\nos._exit(3)\n"))
-    assert result["general.loadable"].status == "failed"
-    assert "exited with code 3" in result["general.loadable"].message
+def test_a_plugin_that_exits_the_interpreter_fails_loading_and_the_rest_is_blocked():
+    results = run_group(inline_target("exits", "import os\nos._exit(3)\n"))
+    failed = {k for k, r in results.items() if r.status == "failed"}
+    assert failed == {"package.entry-points-resolve"}, "the facts probe is the first to die"
+    assert "exited with code 3" in results["package.entry-points-resolve"].message
+    blocked = {k: r.blocked_by for k, r in results.items() if r.status == "blocked"}
+    assert set(blocked) == set(MUTANTS)
+    assert set(blocked.values()) == {"package.entry-points-resolve"}
 
 
 def test_cuda_touched_by_a_lazily_registered_model_module_is_not_the_plugins_doing():
@@ -184,10 +166,8 @@ def test_cuda_touched_by_a_lazily_registered_model_module_is_not_the_plugins_doi
 # --- general.fast-import: the engine's own imports do not count -------------------------------
 
 
-def _fast_import_run(**values: Any) -> dict[str, Any]:
-    run = {"load_s": 0.0, "call_s": 0.0, "engine_accounting": True, "engine_imports": []}
-    run.update(values)
-    return run
+def _fast_import_run(**values: Any) -> GeneralObservation:
+    return GeneralObservation(**{"engine_accounting": True, **values})
 
 
 def test_fast_import_subtracts_the_engines_module_imports():
@@ -195,15 +175,19 @@ def test_fast_import_subtracts_the_engines_module_imports():
     run = _fast_import_run(
         call_s=4.3,
         call_engine_s=4.2,
-        engine_imports=[["vllm.model_executor.layers.rotary_embedding", 4.2]],
+        engine_imports={"vllm.model_executor.layers.rotary_embedding": 4.2},
     )
     assert fast_import_problem(run) is None
-    assert fast_import_problem({**run, "call_engine_s": 0.0}) is not None
+    run.call_engine_s = 0.0
+    assert fast_import_problem(run) == (
+        "Loading took 0.00 s and the call 4.30 s (4.30 s > 1 s), none of it importing the "
+        "engine's modules."
+    )
 
 
 def test_fast_import_names_the_engine_modules_it_did_not_count():
     run = _fast_import_run(
-        load_s=2.0, load_engine_s=0.5, engine_imports=[["vllm.model_executor.models", 0.5]]
+        load_s=2.0, load_engine_s=0.5, engine_imports={"vllm.model_executor.models": 0.5}
     )
     problem = fast_import_problem(run)
     assert problem is not None
@@ -233,14 +217,17 @@ _surface.SurfaceFinder.module_for = _slow_module_for
 """
 
 
-def _general_run_values(target: Target, prefix: str = "") -> dict[str, Any]:
+def _general_run_values(target: Target, patch: str = "") -> GeneralObservation:
     [ep] = target.entry_points_of(GENERAL)
-    header = f"EP_GROUP, EP_NAME, EP_VALUE = {ep.group!r}, {ep.name!r}, {ep.value!r}\n"
     result = run_probe(
-        PRELUDE + "\n" + header + prefix + GENERAL_RUN, timeout=120, **target.probe_settings()
+        call="conformance.probes.general:observe_general",
+        args={"group": ep.group, "name": ep.name},
+        patch=patch,
+        timeout=120,
+        **target.probe_settings(),
     )
     assert result.ok, result.describe()
-    return result.values
+    return result.observation_as(GeneralObservation)
 
 
 def test_a_slow_engine_import_does_not_count_but_the_plugins_own_slow_import_does():
@@ -258,13 +245,14 @@ def test_a_slow_engine_import_does_not_count_but_the_plugins_own_slow_import_doe
         "engine_heavy", source.format(name="engine_heavy"), helpers=helpers.format(delay=0)
     )
     values = _general_run_values(fast, SLOW_ENGINE_MODULE)
-    assert values["load_s"] > 1.2 and values["load_engine_s"] > 1.2
-    assert values["engine_imports"][0][0] == "vllm.model_executor.layers.rotary_embedding"
+    assert values.load_s > 1.2 and values.load_engine_s > 1.2
+    slowest = max(values.engine_imports, key=values.engine_imports.__getitem__)
+    assert slowest == "vllm.model_executor.layers.rotary_embedding"
     assert fast_import_problem(values) is None, "the 1.2 s were the engine's"
 
     slow = inline_target(
         "own_heavy", source.format(name="own_heavy"), helpers=helpers.format(delay=1.2)
     )
     values = _general_run_values(slow)
-    assert values["load_s"] > 1.2 and values["load_engine_s"] < 0.5
+    assert values.load_s > 1.2 and values.load_engine_s < 0.5
     assert "1 s" in fast_import_problem(values), "a module of the plugin's own counts"
