@@ -13,20 +13,23 @@ from pathlib import Path
 from conformance import __version__
 from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
-from conformance.probe import ENGINES
+from conformance.probe import ENGINE_CHOICES, ENGINES, resolve_engine
 from conformance.report import (
     build_report,
     engine_info,
     engine_subject,
     plugin_subject,
     render_console,
+    render_progress,
     write_reports,
 )
 from conformance.runner import (
     EXIT_CERTIFIED,
     EXIT_NOT_CERTIFIED,
     EXIT_USAGE,
+    CheckResult,
     check_patterns_problem,
+    did_you_mean,
     engine_target,
     exit_code,
     read_expected_failures,
@@ -75,6 +78,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _certify(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}.")
     try:
         target = resolve_target(args.distribution)
     except TargetError as exc:
@@ -82,11 +87,22 @@ def _certify(args: argparse.Namespace) -> int:
     expected = _expected_failures(args.expected_failures)
     _check_selection(args)
     started = time.perf_counter()
+    args.engine, why = resolve_engine(args.engine)
+    name = f"{target.name} {target.version or ''}".strip()
+    print(f"{name} on engine {args.engine} ({why})")
+    for ep in target.vllm_entry_points:
+        print(f"  entry point {ep.group}: {ep.name} = {ep.value}")
+    sys.stdout.flush()
     results = run_checks(
-        target, args.engine, expected, timeout=args.timeout, only=args.only, exclude=args.exclude
+        target,
+        args.engine,
+        expected,
+        on_result=None if args.quiet else _print_progress,
+        timeout=args.timeout,
+        only=args.only,
+        exclude=args.exclude,
     )
-    print(f"{target.name} {target.version or ''} on engine {args.engine}".replace("  ", " "))
-    print(render_console(results, args.strict))
+    print(render_console(results, args.strict, progress_shown=not args.quiet))
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
         from conformance.context import Session
@@ -98,6 +114,10 @@ def _certify(args: argparse.Namespace) -> int:
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
     return exit_code(results, args.strict)
+
+
+def _print_progress(result: CheckResult) -> None:
+    print(render_progress(result), flush=True)
 
 
 def _engine(args: argparse.Namespace) -> int:
@@ -174,8 +194,11 @@ def _explain(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     check = catalog.get(args.check_id)
     if check is None:
+        close = did_you_mean(args.check_id, catalog)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UsageError(
-            f"No check {args.check_id!r}; `vllm-conformance checks` lists the {len(catalog)} ids."
+            f"No check {args.check_id!r}.{hint} `vllm-conformance checks` lists the "
+            f"{len(catalog)} ids."
         )
     versions = f"contract {check.since or 'any'} … {check.until or 'current'}"
     print(f"{check.id} ({check.level}; group {check.group}; {versions})\n")
@@ -183,32 +206,46 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _why_not(results: list[CheckResult]) -> str:
+    """One line: the first root cause of a verdict other than certified ('' if certified)."""
+    for status in ("error", "failed", "xpassed", "blocked", "inconclusive"):
+        for r in results:
+            if r.status == status and (r.level == "required" or status == "error"):
+                where = f"[{r.entry_point}]" if r.entry_point else ""
+                first = r.message.strip().splitlines()[0] if r.message else ""
+                return f"{status} {r.id}{where}: {first}"[:160]
+    return ""
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Certify every bundled good fixture and print one table."""
-    rows = [("fixture", "checks", "passed", "failed", "skipped", "verdict", "seconds")]
-    all_ok = True
+    """Certify every bundled good fixture, one progress line each, then one table."""
+    engine, why = resolve_engine(args.engine)
+    print(f"vllm-conformance {__version__}: bundled fixtures on engine {engine} ({why})")
+    rows = [("fixture", "checks", "passed", "failed", "other", "verdict", "seconds")]
+    notes: list[str] = []
+    codes = []
     for name in fixture_names():
         started = time.perf_counter()
-        results = run_checks(resolve_target(name), args.engine)
-        count = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+        results = run_checks(resolve_target(name), engine)
+        passed = sum(r.status == "passed" for r in results)
+        failed = sum(r.status in ("failed", "error") for r in results)
         outcome = verdict(results)
-        all_ok = all_ok and outcome == "certified"
-        rows.append(
-            (
-                name,
-                str(len(results)),
-                str(count["passed"]),
-                str(count["failed"]),
-                str(count["skipped"]),
-                outcome,
-                f"{time.perf_counter() - started:.1f}",
-            )
-        )
-    print(f"vllm-conformance {__version__}: bundled fixtures certified on the {args.engine} engine")
+        codes.append(exit_code(results))
+        seconds = f"{time.perf_counter() - started:.1f}"
+        cells = (name, str(len(results)), str(passed), str(failed))
+        rows.append((*cells, str(len(results) - passed - failed), outcome, seconds))
+        print(f"  {name}: {outcome} ({len(results)} checks, {seconds} s)", flush=True)
+        if outcome != "certified":
+            notes.append(f"  {name}: {_why_not(results)}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return EXIT_OK if all_ok else EXIT_FAILED
+    if notes:
+        print("\nWhy not certified:")
+        print("\n".join(notes))
+    # The worst outcome decides: the suite's failure, then not certified, then incomplete.
+    return next((c for c in (4, EXIT_NOT_CERTIFIED, 3) if c in codes), EXIT_OK)
 
 
 def _fidelity(args: argparse.Namespace) -> int:
@@ -320,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     certify = sub.add_parser("certify", help="run every applicable check on a plugin")
     certify.add_argument("distribution", help="installed distribution, project path or fixture")
-    certify.add_argument("--engine", choices=ENGINES, default="reference")
+    certify.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="reference, vllm (the real vLLM installed here), or auto (default: vllm where it "
+        "is installed, else the reference)",
+    )
     certify.add_argument("--report-dir", type=Path, help="write the JSON and Markdown reports here")
     certify.add_argument("--expected-failures", help="TOML/JSON table of check id -> reason")
     certify.add_argument(
@@ -330,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument(
         "--timeout", type=float, default=None, help="seconds one probe may run (default 60)"
+    )
+    certify.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no line per check as it finishes: only the summary at the end",
     )
     _add_selection(certify)
     certify.set_defaults(func=_certify)
@@ -410,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.set_defaults(func=_matrix)
 
     demo = sub.add_parser("demo", help="certify every bundled good fixture on one engine")
-    demo.add_argument("--engine", choices=ENGINES, default="reference")
+    demo.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -95,18 +95,34 @@ class Overlay:
         """Add a plugin project (a pyproject.toml beside its top-level packages)."""
         project_dir = Path(project_dir)
         name, version, requires, entry_points = read_project(project_dir)
+        # Flat layout (packages beside pyproject.toml) or src layout (under src/); top-level
+        # modules that an entry point names (a single-file plugin) come along too.
+        named = {
+            value.partition(":")[0].strip().partition(".")[0]
+            for group in entry_points.values()
+            for value in group.values()
+        }
         copied = False
-        for child in sorted(project_dir.iterdir()):
-            if child.is_dir() and (child / "__init__.py").is_file():
-                shutil.copytree(
-                    child,
-                    self.root / child.name,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                    dirs_exist_ok=True,
-                )
-                copied = True
+        for source in (project_dir, project_dir / "src"):
+            if not source.is_dir():
+                continue
+            for child in sorted(source.iterdir()):
+                if child.is_dir() and (child / "__init__.py").is_file():
+                    shutil.copytree(
+                        child,
+                        self.root / child.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        dirs_exist_ok=True,
+                    )
+                    copied = True
+                elif child.suffix == ".py" and child.stem in named:
+                    shutil.copy2(child, self.root / child.name)
+                    copied = True
         if not copied:
-            raise OverlayError(f"{project_dir} holds no package (a directory with __init__.py).")
+            raise OverlayError(
+                f"{project_dir} holds no package (a directory with __init__.py, beside "
+                "pyproject.toml or under src/) and no module an entry point names."
+            )
         self._write_dist_info(name, version, entry_points, requires)
         return self
 

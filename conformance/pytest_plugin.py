@@ -20,7 +20,7 @@ import pytest
 from conformance.context import Session
 from conformance.framework import load_catalog
 from conformance.overlay import Overlay
-from conformance.probe import ENGINES, ProbeResult, run_probe
+from conformance.probe import ENGINE_CHOICES, ProbeResult, resolve_engine, run_probe
 from conformance.report import build_report, engine_info, plugin_subject, write_reports
 from conformance.runner import (
     CheckResult,
@@ -47,9 +47,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--engine",
-        choices=ENGINES,
+        choices=ENGINE_CHOICES,
         default=None,
-        help="the engine that answers `import vllm` in probes (default: reference)",
+        help="the engine that answers `import vllm` in probes: reference, vllm, or auto "
+        "(default: vllm where it is installed, else the reference)",
     )
     group.addoption(
         "--expected-failures",
@@ -81,7 +82,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a certification run: no deselection, no expected failures",
     )
     parser.addini("plugin_under_test", "distribution to certify (like --plugin-under-test)")
-    parser.addini("conformance_engine", "engine for probes (like --engine)", default="reference")
+    parser.addini("conformance_engine", "engine for probes (like --engine)", default="auto")
 
 
 class _RunState:
@@ -93,9 +94,12 @@ class _RunState:
             self.target = resolve_target(spec)
         except TargetError as exc:
             raise pytest.UsageError(f"--plugin-under-test: {exc}") from None
-        self.engine = config.getoption("engine") or config.getini("conformance_engine")
-        if self.engine not in ENGINES:
-            raise pytest.UsageError(f"Unknown engine {self.engine!r}; expected one of {ENGINES}.")
+        choice = config.getoption("engine") or config.getini("conformance_engine")
+        if choice not in ENGINE_CHOICES:
+            raise pytest.UsageError(
+                f"Unknown engine {choice!r}; expected one of {', '.join(ENGINE_CHOICES)}."
+            )
+        self.engine, self.engine_why = resolve_engine(choice)
         self.session = Session(self.target, self.engine)
         timeout = config.getoption("conformance_timeout")
         if timeout is not None:
@@ -173,7 +177,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     t = state.target
     lines = [
         f"vllm-conformance: plugin {t.name} {t.version or '?'} ({t.source}); engine "
-        f"{state.engine} (contract {state.session.contract}); certify={state.certify}"
+        f"{state.engine} ({state.engine_why}; contract {state.session.contract}); "
+        f"certify={state.certify}"
     ]
     lines += [f"  entry point {ep.group}: {ep.name} = {ep.value}" for ep in t.vllm_entry_points]
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
@@ -215,7 +220,7 @@ class CheckItem(pytest.Item):
             pytest.fail(result.message, pytrace=False)
         if result.status == "blocked":
             pytest.skip(f"blocked by {result.blocked_by}: it did not pass")
-        if result.status == "skipped":
+        if result.status in ("skipped", "inconclusive"):
             pytest.skip(result.message)
         if result.status == "xfailed":
             pytest.xfail(result.message)

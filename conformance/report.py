@@ -157,7 +157,16 @@ def write_reports(report: dict[str, Any], directory: str | Path) -> tuple[Path, 
 
 
 #: The console's order: root causes first, then what they blocked, then the rest.
-CONSOLE_ORDER = ("error", "failed", "xpassed", "blocked", "skipped", "xfailed", "passed")
+CONSOLE_ORDER = (
+    "error",
+    "failed",
+    "xpassed",
+    "blocked",
+    "inconclusive",
+    "skipped",
+    "xfailed",
+    "passed",
+)
 
 
 def _line(r: CheckResult, widths: tuple[int, int]) -> str:
@@ -165,23 +174,38 @@ def _line(r: CheckResult, widths: tuple[int, int]) -> str:
     text = f"{r.status.upper():<{widths[0]}}  {r.level:<{widths[1]}}  {r.id}{ep}"
     if r.status == "blocked":
         return f"{text} — blocked by {r.blocked_by}"
-    if r.status in ("skipped", "xfailed") and r.message:
+    if r.status in ("inconclusive", "skipped", "xfailed") and r.message:
         first = r.message.strip().splitlines()[0]
         return f"{text} — {first}"
     return text
 
 
-def render_console(results: Sequence[CheckResult], strict: bool = False) -> str:
+#: Column widths of the console lines: the longest status, the longest level.
+WIDTHS = (max(len(s) for s in CONSOLE_ORDER), len("recommended"))
+
+
+def render_progress(result: CheckResult) -> str:
+    """The line printed as a check finishes (reasons inline; messages come at the end)."""
+    return _line(result, WIDTHS)
+
+
+def render_console(
+    results: Sequence[CheckResult], strict: bool = False, progress_shown: bool = False
+) -> str:
     """Root causes first (each failure or error with its message), then the checks they
-    blocked one line each, skips with their reasons inline, the passes, and the verdict."""
+    blocked one line each, skips with their reasons inline, the passes, and the verdict.
+    With `progress_shown` (every line was printed as its check finished) only the root causes
+    and the verdict."""
     results = sorted(results, key=lambda r: CONSOLE_ORDER.index(r.status))
-    widths = (max([len(r.status) for r in results] + [0]), len("recommended"))
     lines: list[str] = []
     for r in results:
         if r.status in ("error", "failed", "xpassed"):
-            lines += [_line(r, widths), *("    " + m for m in r.message.rstrip().splitlines()), ""]
-        else:
-            lines.append(_line(r, widths))
+            body = ("    " + m for m in r.message.rstrip().splitlines())
+            lines += [_line(r, WIDTHS), *body, ""]
+        elif not progress_shown:
+            lines.append(_line(r, WIDTHS))
+    if progress_shown and lines:
+        lines.insert(0, "Root causes:")
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     lines += [
         "",

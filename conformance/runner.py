@@ -37,7 +37,20 @@ else:  # pragma: no cover
 
 #: `blocked`: a prerequisite (`requires`) did not pass, so the check could not judge anything.
 #: `error`: the suite itself failed (its own code raised): nobody's verdict.
-STATUSES = ("passed", "failed", "error", "blocked", "skipped", "xfailed", "xpassed")
+#: `inconclusive`: the check could not judge the plugin *here* (the engine lacks a `vllm.*`
+#: module or name the plugin imports, a dependency it declares is not installed, ...): the
+#: message names the cause and the command that would judge it.
+#: `skipped`: not applicable — the rule does not apply to this plugin here.
+STATUSES = (
+    "passed",
+    "failed",
+    "error",
+    "blocked",
+    "inconclusive",
+    "skipped",
+    "xfailed",
+    "xpassed",
+)
 #: Exit codes, the same from the CLI and from pytest on the same run.
 EXIT_CERTIFIED, EXIT_NOT_CERTIFIED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_SUITE_FAILED = 0, 1, 2, 3, 4
 VERDICT_EXIT = {
@@ -125,10 +138,21 @@ def check_patterns_problem(patterns: Sequence[str], catalog: Mapping[str, Check]
     unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(c, p) for c in catalog)]
     if not unknown:
         return None
+    hints = [
+        f" (did you mean {close[0]!r}?)" if (close := did_you_mean(p, catalog)) else ""
+        for p in unknown
+    ]
     return (
-        f"no check matches {', '.join(repr(p) for p in unknown)}; "
+        f"no check matches {', '.join(repr(p) + h for p, h in zip(unknown, hints, strict=True))}; "
         "`vllm-conformance checks` lists the ids (patterns like 'logits.*' work)."
     )
+
+
+def did_you_mean(word: str, catalog: Mapping[str, Check]) -> list[str]:
+    """The catalog ids closest to a mistyped `word` (at most one)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(catalog), n=1, cutoff=0.6)
 
 
 def _with_fix(check: Check, message: str) -> str:
@@ -181,14 +205,10 @@ def outcome(session: Session, item: Planned) -> CheckResult:
             status, message = "failed", _with_fix(check, str(exc))
             owner = "engine" if check.group == "engine" else "plugin"
             concerns = exc.entry_points
-            absent = missing_dependency(exc.exception, session.target)
-            if absent is not None:
-                status, owner, concerns = "skipped", None, ()
-                message = (
-                    f"capability skip: the plugin needs {absent}, which is not installed here (install the "
-                    "plugin's dependencies, or vllm-plugin-conformance[engine] for torch, to "
-                    "run this check)"
-                )
+            cause = inconclusive_cause(exc.exception, session)
+            if cause is not None:
+                status, owner, concerns = "inconclusive", None, ()
+                message = f"inconclusive: {cause}"
         except CapabilitySkip as exc:
             status, message = "skipped", f"capability skip: {exc}"
         except HarnessError as exc:
@@ -232,21 +252,54 @@ def run_planned(
     return result
 
 
-def missing_dependency(exception: ExceptionInfo | None, target: Target) -> str | None:
-    """The module whose absence alone made the plugin fail, if the plugin may rightly expect
-    it: torch (vLLM's own dependency) or one of its declared requirements, and not importable
-    in this environment. Anything else that fails to import is the plugin's fault."""
-    if exception is None or not exception.missing_module:
-        return None
-    top = exception.missing_module.partition(".")[0]
+def _declared(target: Target) -> set[str]:
+    """Import names the plugin may rightly expect: its declared requirements, and torch."""
     declared = {"torch"}
     for raw in target.requires:
         try:
             declared.add(canonicalize_name(Requirement(raw).name).replace("-", "_"))
         except InvalidRequirement:
             continue
-    if top.lower() in declared and importlib.util.find_spec(top) is None:
-        return top
+    return declared
+
+
+def certify_command(target: Target, *options: str) -> str:
+    """The command that certifies `target` with `options`, as the user would type it."""
+    spec = str(target.project_dir) if target.source == "project" and target.project_dir else None
+    return " ".join(["vllm-conformance certify", spec or target.name, *options])
+
+
+def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str | None:
+    """Why a failure says nothing about the plugin here, with the command that would judge it:
+    the engine under test lacks a `vllm.*` module or name the plugin imports (the reference
+    answers only its surface), or a dependency the plugin declares (or torch) is not installed.
+    None: the failure is the plugin's."""
+    if exception is None:
+        return None
+    target = session.target
+    missing = exception.missing_module or ""
+    on_reference = session.engine == "reference"
+    if on_reference and (missing == "vllm" or missing.startswith("vllm.")):
+        return (
+            f"the plugin imports {missing}, which the embedded reference engine does not "
+            "provide (it answers vLLM's plugin surface only); judge it on real vLLM: "
+            f"`{certify_command(target, '--engine vllm')}`"
+        )
+    name = exception.missing_name or ""
+    if on_reference and (name.startswith("vllm.") or name.startswith("vllm:")):
+        module, _, attribute = name.partition(":")
+        return (
+            f"the plugin imports {attribute} from {module}, which the embedded reference engine "
+            "does not provide; judge it on real vLLM: "
+            f"`{certify_command(target, '--engine vllm')}`"
+        )
+    top = missing.partition(".")[0]
+    if top and top.lower() in _declared(target) and importlib.util.find_spec(top) is None:
+        install = "vllm-plugin-conformance[engine]" if top == "torch" else top
+        return (
+            f"the plugin needs {top}, which is not installed here; install it "
+            f"(`pip install {install}`) and run `{certify_command(target)}` again"
+        )
     return None
 
 
@@ -314,15 +367,17 @@ def run_checks(
 def verdict(results: Iterable[CheckResult], strict: bool = False) -> str:
     """`suite-failed` if any check errored (the suite's own failure: no verdict on the plugin
     can be trusted); else `not-certified` if a required check failed, was blocked, or is an
-    expected failure (xfailed or xpassed); else `certified`. With `strict`, recommended checks
-    count as required."""
+    expected failure (xfailed or xpassed); else `incomplete` if a required check was
+    inconclusive (it could not judge the plugin here); else `certified`. With `strict`,
+    recommended checks count as required."""
     results = list(results)
     if any(r.status == "error" for r in results):
         return "suite-failed"
-    for r in results:
-        counts = strict or r.level == "required"
-        if counts and r.status in ("failed", "blocked", "xfailed", "xpassed"):
-            return "not-certified"
+    counted = [r for r in results if strict or r.level == "required"]
+    if any(r.status in ("failed", "blocked", "xfailed", "xpassed") for r in counted):
+        return "not-certified"
+    if any(r.status == "inconclusive" for r in counted):
+        return "incomplete"
     return "certified"
 
 

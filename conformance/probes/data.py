@@ -53,6 +53,8 @@ class ExceptionInfo:
     causes: list[str] = field(default_factory=list)
     #: The module a `ModuleNotFoundError` (this one, or one it was raised from) could not find.
     missing_module: str | None = None
+    #: `module:Name` that an `ImportError` ("cannot import name ...") could not import.
+    missing_name: str | None = None
 
     @property
     def qualified_type(self) -> str:

@@ -132,7 +132,21 @@ def capture(exc: BaseException) -> ExceptionInfo:
         owner=owner,
         causes=causes,
         missing_module=missing,
+        missing_name=_missing_name(exc),
     )
+
+
+def _missing_name(exc: BaseException) -> str | None:
+    """`module:Name` for `from module import Name` that failed because the name is absent."""
+    if not isinstance(exc, ImportError) or isinstance(exc, ModuleNotFoundError):
+        return None
+    name = getattr(exc, "name_from", None)  # Python 3.12+
+    if name is None:
+        # Before 3.12 the name is only in the message: "cannot import name 'X' from 'm' (...)".
+        text = str(exc)
+        if text.startswith("cannot import name '"):
+            name = text[len("cannot import name '") :].split("'", 1)[0]
+    return f"{exc.name}:{name}" if exc.name and name else None
 
 
 def call_plugin(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
