@@ -4,13 +4,17 @@ the driver is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +133,21 @@ if __name__ == "__main__":  # spawned workers re-import this script
 """
 
 
+#: Seconds the driver gets to start its two workers and print their pids (a few on this
+#: project's machines); a driver that hangs before that fails the test instead of hanging it.
+DRIVER_START_TIMEOUT_S = 180.0
+
+
+def _first_line(stream: Any, timeout: float) -> str | None:
+    """The first line `stream` gives within `timeout` seconds, or None."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
 def test_killing_the_driver_leaves_no_orphan_workers(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(textwrap.dedent(DRIVER.format(root=str(ROOT), model=str(tiny_llama()))))
@@ -136,12 +155,18 @@ def test_killing_the_driver_leaves_no_orphan_workers(tmp_path):
         [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        line = driver.stdout.readline()
+        line = _first_line(driver.stdout, DRIVER_START_TIMEOUT_S)
+        assert line is not None, (
+            f"the driver printed no worker pids within {DRIVER_START_TIMEOUT_S:.0f} s; "
+            "expected the engine with two mp workers to start"
+        )
         pids = [int(p) for p in line.split()]
         assert len(pids) == 2 and all(_alive(p) for p in pids), line
         driver.send_signal(signal.SIGKILL)
         driver.wait(10)
         assert not _wait_dead(pids, timeout=15)
     finally:
-        if driver.poll() is None:
-            driver.kill()
+        # The driver's whole session: on a failure above, its workers too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(10)

@@ -245,7 +245,10 @@ def test_a_cache_dir_reached_through_a_symlink_still_resolves(tmp_path, cache):
     write_adapter(cache / "adapter")
     link = tmp_path / "cache-link"
     link.symlink_to(cache, target_is_directory=True)
-    assert resolve(FilesystemResolver(str(link)), "adapter") is not None
+    request = resolve(FilesystemResolver(str(link)), "adapter")
+    assert request is not None, "expected the adapter to resolve through the linked cache"
+    assert request.lora_name == "adapter"
+    assert request.lora_path == os.path.join(str(link), "adapter"), "the path as joined"
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,9 @@ def test_a_lazy_target_that_fails_to_import_is_logged_and_raises(registry, recor
     assert isinstance(info.value.__cause__, ModuleNotFoundError), "the import error is the cause"
     [record] = [r for r in records if r.levelname == "ERROR"]
     assert record.getMessage() == "Error in loading model architecture 'Broken'"
-    assert record.exc_info is not None, "logged with its traceback"
+    assert record.exc_info and record.exc_info[1] is info.value.__cause__, (
+        "logged with the import error's traceback"
+    )
 
 
 def test_a_missing_class_in_an_importable_module_fails_the_same_way(registry):

@@ -1,6 +1,7 @@
 """Executors: run the workers in the engine core's process (`uni`) or in N spawned worker
-processes (`mp`), and call methods on all of them (`collective_rpc`). The Ray executor
-(`ray`, one Ray actor per worker) is in `reference.engine.ray_executor`.
+processes (`mp`), and call methods on all of them (`collective_rpc`). The interface they
+implement is `reference.engine.executor_base.Executor` (also importable from here); the Ray
+executor (`ray`, one Ray actor per worker) is in `reference.engine.ray_executor`.
 
 With `mp`, every worker holds a full replica of the model (the reference does not shard) and
 runs every step; the engine uses rank 0's results. A worker exits when its driver goes away:
@@ -16,80 +17,17 @@ import traceback
 import weakref
 from typing import Any
 
-from reference.config import VllmConfig
+from reference.engine.executor_base import (
+    Executor,
+    discovery_snapshot,
+    restrict_discovery,
+    worker_kwargs,
+)
 from reference.logger import init_logger
 
 logger = init_logger("vllm.v1.executor")
 
 _SHUTDOWN = "__shutdown__"
-
-
-def _worker_kwargs(vllm_config: VllmConfig, world_size: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "vllm_config": vllm_config,
-            "local_rank": rank,
-            "rank": rank,
-            "distributed_init_method": None,
-            "is_driver_worker": rank == 0,
-        }
-        for rank in range(world_size)
-    ]
-
-
-class Executor:
-    """The executor interface the engine core drives."""
-
-    def __init__(self, vllm_config: VllmConfig) -> None:
-        self.vllm_config = vllm_config
-        self.world_size = vllm_config.parallel_config.world_size
-        self.is_shutdown = False
-        self._init_executor()
-
-    @staticmethod
-    def get_class(vllm_config: VllmConfig) -> type[Executor]:
-        backend = vllm_config.parallel_config.distributed_executor_backend or "uni"
-        if backend == "mp":
-            return MultiprocExecutor
-        if backend == "uni":
-            return UniProcExecutor
-        if backend == "ray":
-            # Imported here: Ray is optional, and the module says how to install it.
-            from reference.engine.ray_executor import RayDistributedExecutor
-
-            return RayDistributedExecutor
-        raise ValueError(
-            f"Unknown distributed_executor_backend {backend!r}; the reference engine has "
-            "'uni', 'mp' and 'ray'."
-        )
-
-    def _init_executor(self) -> None:
-        raise NotImplementedError
-
-    def _start_workers(self) -> None:
-        """Once the workers exist: each builds its worker class (loading general plugins and
-        resolving the platform in its own process), takes its device and loads the model. A
-        failure stops whatever the executor started."""
-        try:
-            self.collective_rpc(
-                "init_worker", args=(_worker_kwargs(self.vllm_config, self.world_size),)
-            )
-            self.collective_rpc("init_device")
-            self.collective_rpc("load_model")
-        except BaseException:
-            self.shutdown()
-            raise
-
-    def collective_rpc(
-        self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None
-    ) -> list[Any]:
-        raise NotImplementedError
-
-    def execute_model(self, scheduler_output: Any) -> Any:
-        return self.collective_rpc("execute_model", args=(scheduler_output,))[0]
-
-    def shutdown(self) -> None:
-        self.is_shutdown = True
 
 
 class UniProcExecutor(Executor):
@@ -99,7 +37,7 @@ class UniProcExecutor(Executor):
         from reference.engine.worker import WorkerWrapperBase
 
         self.driver_worker = WorkerWrapperBase(self.vllm_config, rpc_rank=0)
-        self.driver_worker.init_worker(_worker_kwargs(self.vllm_config, 1))
+        self.driver_worker.init_worker(worker_kwargs(self.vllm_config, 1))
         self.driver_worker.execute_method("init_device")
         self.driver_worker.execute_method("load_model")
 
@@ -111,28 +49,6 @@ class UniProcExecutor(Executor):
 
 # --------------------------------------------------------------------------------------------
 # Multiprocessing
-
-
-def _discovery_snapshot() -> list[str] | None:
-    """The distribution paths this process admits, when discovery is restricted here (a
-    conformance probe hides other installed plugins); workers then see the same set."""
-    from importlib import metadata
-
-    if getattr(metadata.distributions, "__module__", "") == "importlib.metadata":
-        return None
-    return sorted({str(getattr(d, "_path", "")) for d in metadata.distributions()})
-
-
-def _restrict_discovery(admitted: list[str]) -> None:
-    from importlib import metadata
-
-    original = metadata.distributions
-    paths = set(admitted)
-
-    def distributions(**kwargs: Any) -> Any:
-        return (d for d in original(**kwargs) if str(getattr(d, "_path", "")) in paths)
-
-    metadata.distributions = distributions
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -167,7 +83,7 @@ def _worker_main(
     """A worker process: serve `(method, args, kwargs)` calls until shutdown or EOF."""
     _die_with_parent(parent_pid)
     if admitted is not None:
-        _restrict_discovery(admitted)
+        restrict_discovery(admitted)
     if mount_reference:
         from reference.surface import mount
 
@@ -206,7 +122,7 @@ class MultiprocExecutor(Executor):
 
         ctx = multiprocessing.get_context("spawn")
         self.workers: list[tuple[Any, Any]] = []
-        admitted = _discovery_snapshot()
+        admitted = discovery_snapshot()
         for rank in range(self.world_size):
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(

@@ -23,11 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reference.engine.executor import (
-    Executor,
-    _discovery_snapshot,
-    _restrict_discovery,
-)
+from reference.engine.executor_base import Executor, discovery_snapshot, restrict_discovery
 from reference.engine.worker import WorkerWrapperBase
 from reference.logger import init_logger
 
@@ -160,7 +156,7 @@ class RayWorkerWrapper(WorkerWrapperBase):
         driver = [p for p in sys_path if p]
         sys.path[:] = driver + [p for p in sys.path if p not in set(driver)]
         if admitted is not None:
-            _restrict_discovery(admitted)
+            restrict_discovery(admitted)
         if mount_reference:
             from reference.surface import mount
 
@@ -226,7 +222,7 @@ class RayDistributedExecutor(Executor):
         try:
             runtime_env = runtime_env_for_workers()
             actor_cls = ray.remote(num_cpus=0, max_restarts=0)(RayWorkerWrapper)
-            admitted = _discovery_snapshot()
+            admitted = discovery_snapshot()
             for rank in range(self.world_size):
                 self.workers.append(
                     actor_cls.options(runtime_env=runtime_env).remote(

@@ -1,12 +1,13 @@
 """The V1 logits-processor interface (`vllm.v1.sample.logits_processor`) and its built-ins.
 
-Importable without torch: tensors are made inside methods only. The loading functions vLLM
-exports from the same module live in `reference.logits.loader` and are forwarded from here.
+Importable without torch: tensors are made inside methods only. The loading functions that
+vLLM exports from the same module are defined here too.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import itertools
 from abc import ABC, abstractmethod
@@ -15,6 +16,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from reference.logger import init_logger
+from reference.logits.sources import (
+    CustomLogitsProcs,
+    import_fqcn,
+    load_entry_point_classes,
+    run_validate_params,
+)
 from reference.plugins import LOGITSPROCS_GROUP
 from reference.sampling_params import SamplingParams
 
@@ -22,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
     from reference.config import VllmConfig
+
+logger = init_logger("vllm.v1.sample.logits_processor")
 
 T = TypeVar("T")
 
@@ -457,26 +467,95 @@ class AdapterLogitsProcessor(LogitsProcessor):
         return logits
 
 
-# vLLM exports its loading functions from this module; the reference keeps them in
-# `reference.logits.loader`, which imports this module, hence the lazy forwarding.
-_FROM_LOADER = frozenset(
-    {
-        "build_logitsprocs",
-        "validate_logits_processors_parameters",
-        "cached_load_custom_logitsprocs",
-        "_load_custom_logitsprocs",
-        "_load_logitsprocs_plugins",
-        "_load_logitsprocs_by_fqcns",
-    }
-)
+# --------------------------------------------------------------------------------------------
+# Loading: vLLM exports these from the same module as the interface.
 
 
-def __getattr__(name: str) -> Any:
-    if name in _FROM_LOADER:
-        from reference.logits import loader
+def _load_logitsprocs_plugins() -> list[type[LogitsProcessor]]:
+    """Every installed entry-point class, unchecked: V1 does not verify the base class."""
+    return [cls for _, cls in load_entry_point_classes(logger)]
 
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def _load_logitsprocs_by_fqcns(
+    logits_processors: CustomLogitsProcs | None,
+) -> list[type[LogitsProcessor]]:
+    """Turn a mixed list of V1 classes and `module:Qualname` strings into classes."""
+    if not logits_processors:
+        return []
+    logger.debug(
+        "%s additional custom logits processors specified, checking whether they need to be "
+        "loaded.",
+        len(logits_processors),
+    )
+    classes: list[type[LogitsProcessor]] = []
+    for ldx, item in enumerate(logits_processors):
+        if isinstance(item, type):
+            logger.debug(" - Already-loaded logit processor: %s", item.__name__)
+            if not issubclass(item, LogitsProcessor):
+                raise ValueError(f"{item.__name__} is not a subclass of LogitsProcessor")
+            classes.append(item)
+            continue
+        obj = import_fqcn(ldx, item, logger)
+        if not issubclass(obj, LogitsProcessor):
+            raise ValueError(f"{obj.__name__} must be a subclass of LogitsProcessor")
+        classes.append(obj)
+    return classes
+
+
+def _load_custom_logitsprocs(
+    logits_processors: CustomLogitsProcs | None,
+) -> list[type[LogitsProcessor]]:
+    """Installed plugins first, then the caller's list (nothing at all on TPU)."""
+    from reference.platforms import current_platform
+
+    if current_platform.is_tpu():
+        return []
+    return _load_logitsprocs_plugins() + _load_logitsprocs_by_fqcns(logits_processors)
+
+
+#: The frontend's loader: called with a tuple (or None) so the result can be cached.
+cached_load_custom_logitsprocs = functools.lru_cache(_load_custom_logitsprocs)
+
+
+def build_logitsprocs(
+    vllm_config: Any,
+    device: torch.device | str,
+    is_pin_memory: bool,
+    is_pooling_model: bool,
+    custom_logitsprocs: CustomLogitsProcs = (),
+) -> LogitsProcessors:
+    """The V1 runner's processors: the built-ins, then plugins, then `custom_logitsprocs`.
+
+    Pooling models get none, and with speculative decoding only min-tokens runs; in both
+    cases installed plugins are not even imported, and a custom list is an error.
+    """
+    if is_pooling_model:
+        if custom_logitsprocs:
+            raise ValueError(STR_POOLING_REJECTS_LOGITSPROCS)
+        logger.debug(
+            "Skipping logits processor loading because pooling models do not support logits "
+            "processors."
+        )
+        return LogitsProcessors()
+    if getattr(vllm_config, "speculative_config", None):
+        if custom_logitsprocs:
+            raise ValueError(STR_SPEC_DEC_REJECTS_LOGITSPROCS)
+        logger.warning("min_p and logit_bias parameters won't work with speculative decoding.")
+        return LogitsProcessors([MinTokensLogitsProcessor(vllm_config, device, is_pin_memory)])
+    classes = _load_custom_logitsprocs(custom_logitsprocs)
+    return LogitsProcessors(
+        ctor(vllm_config, device, is_pin_memory)
+        for ctor in itertools.chain(BUILTIN_LOGITS_PROCESSORS, classes)
+    )
+
+
+def validate_logits_processors_parameters(
+    logits_processors: CustomLogitsProcs | None, sampling_params: SamplingParams
+) -> None:
+    """Run every custom processor's `validate_params` on a request (frontend, V1 runner)."""
+    key = tuple(logits_processors) if logits_processors is not None else None
+    for cls in cached_load_custom_logitsprocs(key):
+        run_validate_params(cls, sampling_params)
 
 
 __all__ = [
@@ -497,7 +576,7 @@ __all__ = [
     "MovedRequest",
     "RemovedRequest",
     "RequestLogitsProcessor",
-    "build_logitsprocs",  # noqa: F822  (forwarded by __getattr__)
+    "build_logitsprocs",
     "process_dict_updates",
-    "validate_logits_processors_parameters",  # noqa: F822
+    "validate_logits_processors_parameters",
 ]

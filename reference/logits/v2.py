@@ -1,16 +1,26 @@
 """The Model Runner V2 logits-processor interface (`vllm.v1.worker.gpu.sample.logits_processor`).
 
 State is per request *slot*; `apply` sees the whole batch and maps rows to slots through
-`LogitsContext`. Importable without torch: tensors are made inside methods only.
+`LogitsContext`. Importable without torch: tensors are made inside methods only. The loading
+functions of vLLM's `loader` submodule are defined here too.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reference.logger import init_logger
+from reference.logits.sources import (
+    CustomLogitsProcs,
+    import_fqcn,
+    load_entry_point_classes,
+    run_validate_params,
+)
+from reference.logits.v1 import STR_POOLING_REJECTS_LOGITSPROCS
 from reference.plugins import LOGITSPROCS_GROUP
 from reference.sampling_params import SamplingParams
 
@@ -19,6 +29,10 @@ if TYPE_CHECKING:
     import torch
 
     from reference.config import VllmConfig
+
+logger = init_logger("vllm.v1.worker.gpu.sample.logits_processor.loader")
+
+_V2_BASE = "vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor"
 
 
 class SlotBuffer:
@@ -188,26 +202,96 @@ class LogitsProcessor(ABC):
         raise NotImplementedError
 
 
-# vLLM's loader for this interface sits in a `loader` submodule; the reference keeps it in
-# `reference.logits.loader` and forwards its names from here for convenience.
-_FROM_LOADER = frozenset(
-    {
-        "build_custom_logits_processors",
-        "build_custom_logits_processors_params_validator",
-        "_load_v2_logitsprocs",
-        "_load_v2_logitsprocs_plugins",
-        "_load_v2_logitsprocs_by_fqcns",
-        "_cached_load_v2_logitsprocs",
-    }
-)
+# --------------------------------------------------------------------------------------------
+# Loading: vLLM keeps these in a `loader` submodule (`reference.logits.loader`).
 
 
-def __getattr__(name: str) -> Any:
-    if name in _FROM_LOADER:
-        from reference.logits import loader
+def _load_v2_logitsprocs_plugins() -> list[type[LogitsProcessor]]:
+    """Every installed entry-point class; a V1-interface class is rejected at load time."""
+    classes = []
+    for name, cls in load_entry_point_classes(logger):
+        if not (isinstance(cls, type) and issubclass(cls, LogitsProcessor)):
+            raise ValueError(
+                f"LogitsProcessor plugin {name} is not a subclass of {_V2_BASE}; V1-interface "
+                "plugins are not supported by the V2 model runner."
+            )
+        classes.append(cls)
+    return classes
 
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def _load_v2_logitsprocs_by_fqcns(
+    logits_processors: CustomLogitsProcs,
+) -> list[type[LogitsProcessor]]:
+    """Turn a mixed list of V2 classes and `module:Qualname` strings into classes."""
+    classes: list[type[LogitsProcessor]] = []
+    for ldx, item in enumerate(logits_processors):
+        if isinstance(item, type):
+            logger.debug(" - Already-loaded logit processor: %s", item.__name__)
+            obj = item
+        else:
+            obj = import_fqcn(ldx, item, logger)
+        if not issubclass(obj, LogitsProcessor):
+            raise ValueError(f"{obj.__name__} is not a subclass of {_V2_BASE}")
+        classes.append(obj)
+    return classes
+
+
+def _load_v2_logitsprocs(
+    logits_processors: CustomLogitsProcs | None,
+) -> list[type[LogitsProcessor]]:
+    """Installed plugins first, then the caller's list."""
+    return _load_v2_logitsprocs_plugins() + _load_v2_logitsprocs_by_fqcns(logits_processors or ())
+
+
+@functools.lru_cache
+def _cached_load_v2_logitsprocs(
+    custom_logitsprocs: tuple[str | type, ...],
+) -> list[type[LogitsProcessor]]:
+    return _load_v2_logitsprocs(list(custom_logitsprocs))
+
+
+def build_custom_logits_processors(
+    vllm_config: Any,
+    req_states: Any,
+    is_pooling_model: bool,
+    custom_logitsprocs: CustomLogitsProcs = (),
+) -> list[LogitsProcessor]:
+    """The V2 runner's custom processors, entry-point plugins first.
+
+    Built-ins are not processors under MRV2, and speculative decoding is not rejected.
+    `req_states` is a `LogitsProcRequestState` or a runner state it can be made from.
+    """
+    if is_pooling_model:
+        if custom_logitsprocs:
+            raise ValueError(STR_POOLING_REJECTS_LOGITSPROCS)
+        logger.debug(
+            "Skipping logits processor loading because pooling models do not support logits "
+            "processors."
+        )
+        return []
+    classes = _load_v2_logitsprocs(custom_logitsprocs)
+    if not isinstance(req_states, LogitsProcRequestState):
+        req_states = LogitsProcRequestState.from_request_state(req_states)
+    return [ctor(vllm_config, req_states) for ctor in classes]
+
+
+def build_custom_logits_processors_params_validator(
+    custom_logitsprocs: CustomLogitsProcs | None,
+) -> Callable[[SamplingParams], None]:
+    """Load the classes once (at startup) and return the per-request validator.
+
+    As in vLLM, with no custom list nothing is validated at admission, not even the
+    entry-point plugins' `validate_params`.
+    """
+    if not custom_logitsprocs:
+        return lambda _sampling_params: None
+    classes = _cached_load_v2_logitsprocs(tuple(custom_logitsprocs))
+
+    def validate_params(sampling_params: SamplingParams) -> None:
+        for cls in classes:
+            run_validate_params(cls, sampling_params)
+
+    return validate_params
 
 
 __all__ = [
