@@ -26,7 +26,7 @@ DEFAULT_CHECK_TIMEOUT_S = 60.0
 
 class ProbeFailed(CheckFailed):
     """A probe did not return its observation because of the plugin (it raised, hung,
-    exited or flooded): the check fails with what happened."""
+    exited or crashed): the check fails with what happened."""
 
     def __init__(self, message: str, result: ProbeResult) -> None:
         super().__init__(message, exception=result.exception)
@@ -107,7 +107,7 @@ class Session:
 def observation(result: ProbeResult, function: Callable[..., T], purpose: str) -> T:
     """The typed observation of a finished probe, or the exception that says whose fault it is
     that there is none: `HarnessError` if the harness's own code (or the engine set-up) failed,
-    `ProbeFailed` if the plugin made the probe raise, hang, exit or flood."""
+    `ProbeFailed` if the plugin made the probe raise, hang, exit or crash."""
     if result.ok:
         kind = typing.get_type_hints(function).get("return", Any)
         return typing.cast(T, result.observation_as(kind))

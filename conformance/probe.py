@@ -7,8 +7,9 @@ Plugins mutate process-global state, so every piece of plugin code the suite run
 environment and a timeout; the child imports that ordinary module, calls the function with the
 JSON arguments and writes its observation (a dataclass) as JSON. `run_probe(code)` runs a short
 module body instead, for the suite's own tests and `conformance_probe` users. A probe that hangs,
-exits, crashes or floods its output comes back as a failed `ProbeResult`, in bounded time and
-memory; an exception that ends it comes back as an `ExceptionInfo` with its owner.
+exits or crashes comes back as a failed `ProbeResult`, in bounded time; one that floods its
+output goes on, and only a tail of the output is kept (`output_bytes` counts it all). An
+exception that ends a probe comes back as an `ExceptionInfo` with its owner.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class ProbeResult:
     - `raised`: the code raised (any `BaseException`, `SystemExit` included);
     - `crashed`: the interpreter died before reporting (`os._exit`, a signal, a segfault);
     - `timeout`: it ran past its time limit and was killed;
-    - `flooded`: it printed more than the output limit and was killed;
     - `setup-failed`: the engine could not be set up (e.g. `--engine vllm` without vLLM).
     """
 
@@ -67,6 +67,15 @@ class ProbeResult:
     stderr_tail: str = ""
     wall_s: float = 0.0
     code_s: float | None = None
+    #: Bytes written to stdout and stderr together (only a tail of each is kept).
+    output_bytes: int = 0
+    #: Above this many bytes of output, the probe's output counts as a flood (`flooded`).
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+
+    @property
+    def flooded(self) -> bool:
+        """The probe printed more than `output_limit` bytes (it was not stopped for it)."""
+        return self.output_bytes > self.output_limit
 
     @property
     def ok(self) -> bool:
@@ -92,8 +101,6 @@ class ProbeResult:
                 f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed (if "
                 "it only needs longer on this machine, raise the limit: --timeout SECONDS)"
             )
-        if self.status == "flooded":
-            return "printed more output than the probe allows and was killed"
         if self.signal is not None:
             name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else ""
             return f"the interpreter was killed by signal {self.signal} {name}".rstrip()
@@ -258,21 +265,19 @@ def run_probe(
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        flooded = threading.Event()
-        readers = [_TailReader(s, flooded, output_limit) for s in (proc.stdout, proc.stderr)]
+        # The readers drain both pipes whatever the plugin prints, keeping only a tail: a plugin
+        # that writes tens of MB goes on (vLLM lets it), and memory stays bounded.
+        readers = [
+            _TailReader(s, threading.Event(), output_limit) for s in (proc.stdout, proc.stderr)
+        ]
         for reader in readers:
             reader.start()
         status = None
-        deadline = started + timeout
-        while proc.poll() is None:
-            if flooded.is_set():
-                status = "flooded"
-            elif time.perf_counter() > deadline:
-                status = "timeout"
-            if status:
-                _kill_group(proc)
-                break
-            flooded.wait(0.01)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            status = "timeout"
+            _kill_group(proc)
         proc.wait()
         # What the probe started and left running (real vLLM's engine-core and worker
         # processes outlive an interpreter that ends without shutting the engine down) is still
@@ -289,6 +294,8 @@ def run_probe(
             stdout_tail=readers[0].text(),
             stderr_tail=readers[1].text(),
             wall_s=wall_s,
+            output_bytes=readers[0].total + readers[1].total,
+            output_limit=output_limit,
         )
         if status is None and result_path.is_file():
             reported = json.loads(result_path.read_text(encoding="utf-8"))
@@ -305,21 +312,38 @@ def run_probe(
 # The child side: `python -m conformance.probe SCENARIO RESULT`.
 
 
+#: A logging flood stays bounded: at most this many records below WARNING are kept (those at
+#: WARNING and above, which checks judge, up to `MAX_RECORDS`), each message cut to a length.
+MAX_QUIET_RECORDS, MAX_RECORDS, MAX_MESSAGE_CHARS = 2000, 20000, 2000
+
+
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: list[dict[str, Any]] = []
+        self.quiet = 0
+        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        loud = record.levelno >= logging.WARNING
+        if len(self.records) >= MAX_RECORDS or (not loud and self.quiet >= MAX_QUIET_RECORDS):
+            self.dropped += 1
+            return
+        self.quiet += not loud
         try:
             message = record.getMessage()
         except Exception as exc:  # a plugin logging with bad %-arguments
             message = f"{record.msg!r} (unformattable: {exc})"
         exc_text = None
         if record.exc_info:
-            exc_text = "".join(traceback.format_exception(*record.exc_info))
+            exc_text = "".join(traceback.format_exception(*record.exc_info))[-MAX_MESSAGE_CHARS:]
         self.records.append(
-            {"logger": record.name, "level": record.levelname, "message": message, "exc": exc_text}
+            {
+                "logger": record.name,
+                "level": record.levelname,
+                "message": message[:MAX_MESSAGE_CHARS],
+                "exc": exc_text,
+            }
         )
 
 

@@ -46,6 +46,7 @@ OBSERVED = {
     "general.registered-models-resolve": "has no attribute 'MutantResolveForCausalLm'",
     "general.no-builtin-overwrite": "LlamaForCausalLM",
     "general.fast-import": "> 1 s",
+    "general.quiet": "printed 40.0 MiB",
 }
 
 

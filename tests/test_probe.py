@@ -76,9 +76,10 @@ def test_a_hang_in_a_grandchild_process_is_killed_too():
     assert result.status == "timeout"
 
 
-def test_100_mb_of_output_is_cut_off_as_a_flood():
-    result = run_probe(FLOOD_100_MB, timeout=30, output_limit=8 * MiB)
-    assert result.status == "flooded", result.describe()
+def test_100_mb_of_output_is_a_flood_that_the_probe_lets_go_on():
+    result = run_probe(FLOOD_100_MB + "probe.result['after'] = True\n", timeout=60)
+    assert result.ok and result.values == {"after": True}, result.describe()
+    assert result.flooded and result.output_bytes >= 100 * MiB
     assert len(result.stdout_tail) <= 4096, "only the tail of the output comes back"
 
 
@@ -224,3 +225,16 @@ def _alive(pid: int) -> bool:
     # A killed child that nobody has reaped yet is a zombie: gone for our purpose.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_logging_flood_is_bounded_and_the_probe_goes_on():
+    code = (
+        "import logging\nlog = logging.getLogger('vllm.plugin_flood')\n"
+        "for i in range(50000):\n    log.debug('x' * 5000)\n"
+        "log.warning('still here')\nprobe.result['after'] = True\n"
+    )
+    result = run_probe(code, timeout=60)
+    assert result.ok and result.values == {"after": True}, result.describe()
+    assert 2000 <= len(result.records) <= 2001
+    assert max(len(r["message"]) for r in result.records) == 2000
+    assert result.records[-1]["message"] == "still here", "warnings are still captured"

@@ -210,6 +210,35 @@ def check_fast_import(ctx: CheckContext) -> None:
         fail(problem)
 
 
+#: Bytes a general plugin may print (stdout and stderr together) while it is loaded and called
+#: twice; the engine's own start-up output in the same probe is a few KiB.
+QUIET_LIMIT_BYTES = 1 << 20
+
+
+@check(
+    "general.quiet",
+    level="recommended",
+    title="loading and calling the plugin prints under 1 MiB to stdout and stderr",
+    fix="Log through the `logging` module at DEBUG (vLLM's `init_logger(__name__)`) instead of "
+    "printing, and never dump data to stdout.",
+    requires=CALLED,
+)
+def check_quiet(ctx: CheckContext) -> None:
+    """vLLM runs general plugins in every process (API server, engine core, each worker), so
+    whatever one prints is repeated in every server log. Printing is no failure of any other
+    rule — the probe keeps only a tail and lets the plugin go on — but megabytes of it are a
+    finding of their own."""
+    _called(ctx)
+    result = ctx.run(observe_general)
+    if result.output_bytes > QUIET_LIMIT_BYTES:
+        mib = result.output_bytes / (1 << 20)
+        tail = result.stdout_tail.strip()[-160:] or result.stderr_tail.strip()[-160:]
+        fail(
+            f"Loading and calling the plugin (twice) printed {mib:.1f} MiB; it ends with: "
+            f"{tail!r}"
+        )
+
+
 def fast_import_problem(run: GeneralObservation) -> str | None:
     """Why the plugin's own load-and-call time is over budget, engine imports set apart
     (None if within it)."""
