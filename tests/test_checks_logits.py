@@ -2,38 +2,39 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import textwrap
-from dataclasses import dataclass
-from typing import Any
+import types
 
 import pytest
 
-from conformance.checks import load_catalog
 from conformance.checks import logits as checks
 from conformance.context import Session
+from conformance.framework import load_catalog
 from conformance.overlay import Overlay, fixtures_root
+from conformance.probes import logits as probes
+from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.runner import CheckResult, plan, run_planned
-from conformance.target import EntryPointInfo, Target, resolve_target
+from conformance.target import EntryPointInfo, Target, mutant_names, resolve_target
 from tests.conftest import assert_mutant_fails
 
 GROUP = "logits"
 LOGITS = "vllm.logits_processors"
-MUTANTS = [
-    "logits.is-class",
-    "logits.subclass",
-    "logits.constructs",
-    "logits.apply-preserves-shape",
-    "logits.argmax-invariance-honest",
-    "logits.batch-updates",
-    "logits.validate-params",
-]
-#: The checks that build and drive the processor, and so need torch.
+#: The bundled mutants of this group, each named after the check it must fail.
+MUTANTS = [name for name in mutant_names() if name.startswith(f"{GROUP}.")]
+#: Checks that build and drive the processor, and so need torch.
 DRIVING = [
     "logits.constructs",
     "logits.apply-preserves-shape",
     "logits.argmax-invariance-honest",
     "logits.batch-updates",
 ]
+#: Checks that run a real engine: they need the whole model stack.
+ENGINE_RUN = ["logits.engine-run"]
+NEEDS_TORCH = {*DRIVING, *ENGINE_RUN}
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_ENGINE = all(importlib.util.find_spec(m) is not None for m in ENGINE_RUN_DEPS)
 #: What the failure message must show, beyond the fix hint.
 OBSERVED = {
     "logits.is-class": "a function. Model Runner V2 (vLLM 0.32's default) refuses it",
@@ -43,19 +44,36 @@ OBSERVED = {
     "logits.argmax-invariance-honest": "allowed_token_ids",
     "logits.batch-updates": "KeyError",
     "logits.validate-params": "raised TypeError, not ValueError",
+    "logits.engine-run": "doesn't match the broadcast shape",
 }
-#: Mutants that break more than their own rule, and which other checks they fail (why).
+#: Mutants that break a second rule of their own, and which other check they fail (why).
 ALSO_FAILS = {
-    # A function is no class: nothing else can be examined.
-    "logits.is-class": set(MUTANTS) - {"logits.is-class"},
-    # A processor that cannot be built cannot be driven (argmax: a V2 class is skipped first).
-    "logits.constructs": {"logits.apply-preserves-shape", "logits.batch-updates"},
     # Argmax claims and batch moves exist only in the V1 interface, which 0.32 rejects.
     "logits.argmax-invariance-honest": {"logits.subclass"},
     "logits.batch-updates": {"logits.subclass"},
+    # Its buffer keeps the first step's size: the simulated batches grow past it too.
+    "logits.engine-run": {"logits.batch-updates"},
+}
+#: The checks each mutant leaves unable to judge: they are blocked by its check, not failed.
+BLOCKED = {
+    # A function is no class: nothing else can be examined.
+    "logits.is-class": set(MUTANTS) - {"logits.is-class"},
+    # A processor that cannot be built cannot be driven, simulated or in an engine.
+    "logits.constructs": {*DRIVING, *ENGINE_RUN} - {"logits.constructs"},
+    # The engine samples from what apply returns.
+    "logits.apply-preserves-shape": {"logits.engine-run"},
+}
+#: Capability skips of each mutant's other checks: a V2 class, or a V1 one that makes no
+#: argmax-invariance claim.
+SKIPPED = {
+    "logits.subclass": {"logits.argmax-invariance-honest"},
+    "logits.apply-preserves-shape": {"logits.argmax-invariance-honest"},
+    "logits.batch-updates": {"logits.argmax-invariance-honest"},
+    "logits.validate-params": {"logits.argmax-invariance-honest"},
+    "logits.engine-run": {"logits.argmax-invariance-honest"},
 }
 
-#: Blocks torch in a probe, as on a machine without it.
+#: Blocks torch in a probe, as on a machine without it (run after the engine is mounted).
 NO_TORCH_PATCH = """
 import sys, importlib.util
 sys.modules["torch"] = None
@@ -65,32 +83,29 @@ importlib.util.find_spec = lambda name, *a, **k: None if name == "torch" else _f
 """
 
 
-@dataclass
-class NoTorchSession(Session):
+def no_torch(target: Target, **kwargs: object) -> Session:
     """A session whose probes cannot import torch."""
-
-    def probe(self, code: str, **kwargs: Any):
-        return super().probe(NO_TORCH_PATCH + textwrap.dedent(code), **kwargs)
-
-
-#: Checks that run a real engine: tested (mutant and good fixtures) in test_checks_engine_run.py,
-#: and left out of this file's runs, which stay fast.
-ENGINE_RUN = ["logits.engine-run"]
+    return Session(target, engine_patch=NO_TORCH_PATCH, **kwargs)  # type: ignore[arg-type]
 
 
 def run_group(
-    target: Target, session: Session | None = None, only: set[str] | None = None
+    target: Target,
+    session: Session | None = None,
+    only: set[str] | None = None,
+    groups: tuple[str, ...] = (GROUP,),
+    engine_run: bool = False,
 ) -> dict[str, CheckResult]:
-    """Run the logits checks (or `only` these) on `target`, keyed by check id."""
+    """Run the checks of `groups` (or `only` these) on `target`, keyed by check id; the
+    engine run only if asked (it builds an engine)."""
     catalog = {
         k: v
         for k, v in load_catalog().items()
-        if v.group == GROUP and (not only or k in only) and k not in ENGINE_RUN
+        if v.group in groups and (not only or k in only) and (engine_run or k not in ENGINE_RUN)
     }
     if session is None:
         # Checks that only examine the class are quicker without importing torch.
-        lean = only is not None and only.isdisjoint(DRIVING)
-        session = NoTorchSession(target) if lean else Session(target)
+        lean = only is not None and only.isdisjoint(NEEDS_TORCH)
+        session = no_torch(target) if lean else Session(target)
     with target:
         return {
             item.check.id: run_planned(session, item)
@@ -135,21 +150,45 @@ def minimal_v2(name: str, body: str = "pass") -> Target:
 
 def test_every_logits_check_has_a_mutant():
     ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
-    assert ids == sorted(MUTANTS + ENGINE_RUN), "each logits check needs a mutant named after it"
+    assert ids == MUTANTS, "each logits check needs a mutant named after it"
+    assert set(OBSERVED) == set(MUTANTS)
+    assert set(ALSO_FAILS) | set(BLOCKED) | set(SKIPPED) <= set(MUTANTS)
+
+
+def expected_skips(check_id: str, blocked: set[str]) -> set[str]:
+    """The checks a mutant's run skips here: its capability skips, and the checks that need
+    what this environment lacks (torch, the model stack), unless blocked first."""
+    skipped = set(SKIPPED.get(check_id, ()))
+    if not HAS_TORCH:
+        skipped |= NEEDS_TORCH
+    elif not HAS_ENGINE:
+        skipped |= set(ENGINE_RUN)
+    return skipped - blocked - {check_id} - ALSO_FAILS.get(check_id, set())
 
 
 @pytest.mark.parametrize("check_id", MUTANTS)
-def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
-    if check_id in DRIVING:
+def test_the_mutant_fails_its_check_and_blocks_only_what_depends_on_it(check_id):
+    if check_id in NEEDS_TORCH or ALSO_FAILS.get(check_id, set()) & NEEDS_TORCH:
         pytest.importorskip("torch")
-    results = run_group(resolve_target(check_id))
-    assert_mutant_fails(results, check_id, OBSERVED[check_id], ALSO_FAILS.get(check_id, set()))
+    if check_id in ENGINE_RUN:
+        for module in ENGINE_RUN_DEPS:
+            pytest.importorskip(module)
+    results = run_group(resolve_target(check_id), groups=(GROUP, "package"), engine_run=True)
+    assert set(MUTANTS) <= set(results)
+    also_fails = ALSO_FAILS.get(check_id, set())
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], also_fails)
+    blocked = {k for k, r in results.items() if r.status == "blocked"}
+    assert blocked == BLOCKED.get(check_id, set())
+    skipped = {k for k, r in results.items() if r.status == "skipped"}
+    assert skipped == expected_skips(check_id, blocked)
+    passed = set(results) - blocked - skipped - also_fails - {check_id}
+    assert {k: results[k].status for k in passed} == dict.fromkeys(passed, "passed")
 
 
 def test_the_dummy_fixture_passes_every_logits_check():
     pytest.importorskip("torch")
     results = run_group(resolve_target("dummy_logits_processor"))
-    assert set(results) == set(MUTANTS)
+    assert set(results) == set(MUTANTS) - set(ENGINE_RUN)
     # A V2 processor makes no argmax-invariance claim: the only capability skip.
     argmax = results.pop("logits.argmax-invariance-honest")
     assert argmax.status == "skipped"
@@ -186,16 +225,16 @@ def test_an_honest_argmax_claim_passes():
 def test_an_older_contract_judges_the_subclass_by_the_v1_interface():
     only = {"logits.subclass"}
     v1 = resolve_target("logits.subclass")
-    passed = run_group(v1, NoTorchSession(v1, _contract="0.20.0"), only)["logits.subclass"]
+    passed = run_group(v1, no_torch(v1, _contract="0.20.0"), only)["logits.subclass"]
     assert passed.status == "passed", "before MRV2 became the default, V1 is the interface"
     v2 = resolve_target("dummy_logits_processor")
-    result = run_group(v2, NoTorchSession(v2, _contract="0.20.0"), only)["logits.subclass"]
+    result = run_group(v2, no_torch(v2, _contract="0.20.0"), only)["logits.subclass"]
     assert result.status == "failed" and "arrived around v0.27" in result.message
 
 
 def test_without_torch_only_the_driving_checks_skip():
     target = resolve_target("dummy_logits_processor")
-    results = run_group(target, NoTorchSession(target))
+    results = run_group(target, no_torch(target))
     for check_id in DRIVING:
         assert results[check_id].status == "skipped", check_id
     # The V2 processor is skipped by the argmax check before torch matters.
@@ -215,6 +254,7 @@ def test_a_class_with_neither_base_fails_the_subclass_check():
                 return logits
     """
     results = run_group(inline_logits("duck_proc", source, "Duck"), only={"logits.subclass"})
+    assert results["logits.subclass"].status == "failed"
     assert "subclasses neither" in results["logits.subclass"].message
 
 
@@ -229,16 +269,16 @@ def test_a_processor_without_its_own_validate_params_passes():
         (
             "@classmethod\n    def validate_params(cls, sampling_params):\n"
             "        raise ValueError('extra_args are required')",
-            "validate_params(SamplingParams()) raised:\nValueError: extra_args are required",
+            ["validate_params(SamplingParams()) raised:\n", "ValueError: extra_args are required"],
         ),
         (
             "def validate_params(self, sampling_params):\n        return None",
-            "It is not a classmethod",
+            ["It is not a classmethod", "validate_params(SamplingParams()) raised:\n"],
         ),
         (
             "@classmethod\n    def validate_params(cls, sampling_params):\n"
             "        return 'mode' not in (sampling_params.extra_args or {})",
-            "returned False, which rejects nothing",
+            ["returned False, which rejects nothing"],
         ),
     ],
     ids=["rejects-defaults", "instance-method", "returns-false"],
@@ -246,7 +286,42 @@ def test_a_processor_without_its_own_validate_params_passes():
 def test_validate_params_problems_are_explained(body, expected):
     results = run_group(minimal_v2("checking_proc", body), only={"logits.validate-params"})
     result = results["logits.validate-params"]
-    assert result.status == "failed" and expected in result.message, result.message
+    assert result.status == "failed", result.message
+    for text in expected:
+        assert text in result.message, result.message
+
+
+def test_a_harness_failure_while_driving_is_an_error_not_the_plugins_failure():
+    pytest.importorskip("torch")
+    # The harness's own step between plugin calls (recording the prompt in the slot) breaks.
+    patch = (
+        "from conformance.probes import logits\n"
+        "def _broken(self, state, slot):\n"
+        "    raise RuntimeError('harness bug')\n"
+        "logits.V2Runner.fill = _broken\n"
+    )
+    target = resolve_target("dummy_logits_processor")
+    check_id = "logits.apply-preserves-shape"
+    result = run_group(target, Session(target, engine_patch=patch), {check_id})[check_id]
+    assert result.status == "error", result.message
+    assert result.owner == "harness" and "RuntimeError: harness bug" in result.message
+
+
+@pytest.mark.skipif(not HAS_ENGINE, reason="needs torch and transformers")
+def test_an_engine_that_refuses_model_runner_v2_here_is_a_capability_skip():
+    # vLLM 0.32's CPU build without a usable Triton: the engine's own flag says so, and the
+    # probe skips before building an engine that would refuse to start.
+    patch = (
+        "import sys, types\n"
+        "sys.modules['vllm.triton_utils'] = types.SimpleNamespace(HAS_TRITON=False)\n"
+    )
+    target = resolve_target("dummy_logits_processor")
+    session = Session(target, engine_patch=patch)
+    result = run_group(target, session, {"logits.engine-run"}, engine_run=True)
+    engine_run = result["logits.engine-run"]
+    assert engine_run.status == "skipped", engine_run.message
+    assert "cannot run the Model Runner V2 interface" in engine_run.message
+    assert "Model Runner V2 requires Triton" in engine_run.message
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,16 +344,26 @@ def test_mrv2_is_default_from_v0_27(contract, expected):
     assert checks.mrv2_is_default(contract) is expected
 
 
-def test_an_engine_refusing_model_runner_v2_is_told_apart_from_a_plugin_error():
-    refusal = (
-        "Traceback (most recent call last):\n  ...\nValueError: Model Runner V2 requires Triton."
-    )
-    assert (
-        checks._runner_unavailable("v2", refusal) == "ValueError: Model Runner V2 requires Triton."
-    )
-    # The V1 runner needs no Triton, and a plugin's own error is not the engine's refusal.
-    assert checks._runner_unavailable("v1", refusal) is None
-    assert checks._runner_unavailable("v2", "TypeError: apply() missing 1 argument") is None
+@pytest.mark.parametrize(("has_triton", "refused"), [(False, True), (True, False)])
+def test_model_runner_v2_is_unavailable_only_where_the_engine_has_no_triton(
+    monkeypatch, has_triton, refused
+):
+    vllm = types.ModuleType("vllm")
+    triton_utils = types.ModuleType("vllm.triton_utils")
+    triton_utils.HAS_TRITON = has_triton  # type: ignore[attr-defined]
+    vllm.triton_utils = triton_utils  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.triton_utils", triton_utils)
+    reason = probes.runner_unavailable("v2")
+    assert (reason is not None) is refused
+    # The V1 runner needs no Triton.
+    assert probes.runner_unavailable("v1") is None
+
+
+def test_an_engine_without_a_triton_flag_runs_model_runner_v2(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.triton_utils", None)  # the reference has none
+    assert probes.runner_unavailable("v2") is None
 
 
 @pytest.mark.parametrize(
@@ -294,3 +379,25 @@ def test_an_engine_refusing_model_runner_v2_is_told_apart_from_a_plugin_error():
 def test_init_hint_names_the_expected_constructor(interface, params, expected):
     hint = checks.init_hint(interface, params)
     assert (expected in hint) if expected else hint == ""
+
+
+def test_the_keys_a_processor_reads_are_guessed_from_its_own_constants():
+    # The plugin's own module constants and method strings; not vLLM's, and not dunders.
+    module = types.ModuleType("guess_keys_plugin")
+    source = textwrap.dedent(
+        """
+        TARGET_ARG = "target_token"
+
+        class Proc:
+            def add_request(self, slot, params):
+                return (params.extra_args or {}).get("boost", 0)
+        """
+    )
+    exec(compile(source, "guess_keys_plugin.py", "exec"), module.__dict__)
+    module.Proc.__module__ = module.__name__
+    sys.modules[module.__name__] = module
+    try:
+        keys = probes.arg_keys(module.Proc)
+    finally:
+        del sys.modules[module.__name__]
+    assert keys == ["target_token", "boost"]
