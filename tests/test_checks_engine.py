@@ -6,18 +6,66 @@ import importlib.util
 
 import pytest
 
-from conformance.checks import load_catalog
 from conformance.context import Session
+from conformance.framework import load_catalog
 from conformance.overlay import fixtures_root
+from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.runner import Planned, engine_target, plan_engine, run_planned
+from tests.conftest import assert_mutant_fails
 
 CATALOG = load_catalog()
 ENGINE_CHECKS = sorted(c for c in CATALOG if c.startswith("engine."))
+MUTANTS = fixtures_root() / "mutants"
+#: The engine mutants: code run in every probe after the engine is mounted, one per check.
+ENGINE_MUTANTS = sorted(p.parent.name for p in MUTANTS.glob("engine.*/patch.py"))
+RAY_CHECK = "engine.plugins-in-ray-workers"
+#: What each mutant's failure message must show, beyond the fix hint.
+OBSERVED = {
+    "engine.custom-op-replacement": "observed {'class': 'RotaryEmbedding'",
+    "engine.discovery-per-group": "'vllm.platform_plugins': ['p1', 'g1', 'io1', 's1']",
+    "engine.filter-before-import": "expected ['plug_a'], observed ['plug_a', 'plug_b']",
+    "engine.filter-semantics": "VLLM_PLUGINS='a, b'': expected ['a'], observed ['a', 'b']",
+    "engine.general-once-per-process": "expected [1, 1], observed [2, 2]",
+    "engine.io-processor-selection": "observed ['ProcB', 'ProcB', None, None]",
+    "engine.load-error-isolated": "ERROR records': expected [('Failed to load plugin broken'",
+    "engine.logits-not-filtered": "logits plugins loaded': expected ['LP'], observed []",
+    "engine.lora-resolver-registry": "observed {'warned': False, 'kept_second': False",
+    "engine.platform-lazy": "plugin imported': expected False, observed True",
+    "engine.platform-rules": "observed ['reference.platforms.cpu.CpuPlatform', 0]",
+    RAY_CHECK: "the plugin it leaves out loaded in Ray worker pid",
+    "engine.register-error-propagates": "observed {'first': None",
+    "engine.stat-logger-rules": "observed factories ['make']",
+}
+#: What a check needs installed to judge an engine at all (without it, a capability skip).
+NEEDS = {
+    "engine.custom-op-replacement": ("torch",),
+    RAY_CHECK: ("ray", *ENGINE_RUN_DEPS),
+}
+
+
+def skip_unless_installed(check_id: str) -> None:
+    """Skip the test up front where its check cannot judge anything here."""
+    missing = [m for m in NEEDS.get(check_id, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{check_id} needs {', '.join(missing)}, which is not installed here")
+
+
+def _patch(mutant: str) -> str:
+    return (MUTANTS / mutant / "patch.py").read_text(encoding="utf-8")
+
+
+def _session(patch: str = "") -> Session:
+    return Session(engine_target("reference"), "reference", engine_patch=patch)
 
 
 def _run(check_id: str, patch: str = ""):
-    session = Session(engine_target("reference"), "reference", engine_patch=patch)
-    return run_planned(session, Planned(CATALOG[check_id], None))
+    return run_planned(_session(patch), Planned(CATALOG[check_id], None))
+
+
+def _run_all(patch: str):
+    """Every engine check on the reference with `patch`, by id (as `vllm-conformance engine`)."""
+    session = _session(patch)
+    return {item.check.id: run_planned(session, item) for item in plan_engine(session.contract)}
 
 
 def test_engine_checks_are_planned_for_the_reference_contract():
@@ -27,34 +75,44 @@ def test_engine_checks_are_planned_for_the_reference_contract():
 
 @pytest.mark.parametrize("check_id", ENGINE_CHECKS)
 def test_the_reference_engine_passes(check_id):
+    skip_unless_installed(check_id)
     result = _run(check_id)
-    assert result.status in ("passed", "skipped"), result.message
+    assert result.status == "passed", result.message
 
 
-@pytest.mark.parametrize("check_id", ENGINE_CHECKS)
-def test_the_engine_mutant_fails_its_own_check(check_id):
-    patch = fixtures_root() / "mutants" / check_id / "patch.py"
-    assert patch.is_file(), f"{check_id} has no engine mutant at {patch}"
-    result = _run(check_id, patch.read_text(encoding="utf-8"))
-    missing = [m for m in ("torch", "ray") if importlib.util.find_spec(m) is None]
-    if result.status == "skipped" and missing:
-        pytest.skip(f"{check_id} skipped where {', '.join(missing)} is missing: {result.message}")
-    assert result.status == "failed", f"the mutant passed {check_id}: {result.message}"
-    assert f"[{check_id}]" in result.message and "Fix:" in result.message
+@pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
+def test_the_engine_mutant_fails_its_own_check(mutant):
+    skip_unless_installed(mutant)
+    result = _run(mutant, _patch(mutant))
+    assert result.status == "failed", f"the mutant did not fail {mutant}: {result.message}"
+    assert result.message.startswith(f"[{mutant}]") and "\nFix: " in result.message
+    assert OBSERVED[mutant] in result.message, "the message shows what was observed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
+def test_each_engine_mutant_fails_its_own_check_and_only_it(mutant):
+    skip_unless_installed(mutant)
+    results = _run_all(_patch(mutant))
+    assert set(results) == set(ENGINE_CHECKS)
+    assert_mutant_fails(results, mutant, OBSERVED[mutant], also_fails=set())
+
+
+def test_every_engine_check_has_a_mutant():
+    assert ENGINE_MUTANTS == ENGINE_CHECKS, "each engine check needs a mutant named after it"
+    assert sorted(OBSERVED) == ENGINE_MUTANTS, "each mutant says what its failure must show"
 
 
 def test_every_catalog_check_has_a_mutant():
-    root = fixtures_root() / "mutants"
-    missing = [
-        check_id
-        for check_id in CATALOG
-        if not (root / check_id / "pyproject.toml").is_file()
-        and not (root / check_id / "patch.py").is_file()
-    ]
-    assert missing == [], f"checks without a mutant: {missing}"
-
-
-RAY_CHECK = "engine.plugins-in-ray-workers"
+    # A mutant is a broken plugin project (pyproject.toml) or, for engine checks, an engine
+    # patch (patch.py), in a directory named after the check it must fail.
+    mutants = {
+        p.name
+        for p in MUTANTS.iterdir()
+        if (p / "pyproject.toml").is_file() or (p / "patch.py").is_file()
+    }
+    assert sorted(set(CATALOG) - mutants) == [], "checks without a mutant"
+    assert sorted(mutants - set(CATALOG)) == [], "mutants named after no check"
 
 
 def test_the_ray_check_is_a_capability_skip_without_ray_naming_the_install():
@@ -65,8 +123,7 @@ def test_the_ray_check_is_a_capability_skip_without_ray_naming_the_install():
 
 
 def test_the_ray_check_skips_where_the_engine_refuses_ray_on_its_platform():
-    pytest.importorskip("ray", reason="the scenario starts a Ray cluster: pip install ray")
-    pytest.importorskip("torch")
+    skip_unless_installed(RAY_CHECK)
     # What vLLM's executor raises on its CPU platform (no ray_device_key), made to happen here.
     patch = (
         "import vllm.v1.executor.ray_executor as _ray_executor\n"
@@ -81,10 +138,8 @@ def test_the_ray_check_skips_where_the_engine_refuses_ray_on_its_platform():
 
 @pytest.mark.slow
 def test_the_ray_mutant_fails_naming_the_workers_that_loaded_the_excluded_plugin():
-    pytest.importorskip("ray", reason="the scenario starts a Ray cluster: pip install ray")
-    pytest.importorskip("torch")
-    patch = fixtures_root() / "mutants" / RAY_CHECK / "patch.py"
-    result = _run(RAY_CHECK, patch.read_text(encoding="utf-8"))
+    skip_unless_installed(RAY_CHECK)
+    result = _run(RAY_CHECK, _patch(RAY_CHECK))
     assert result.status == "failed", result.message
     assert "the plugin it leaves out loaded in Ray worker pid" in result.message
     assert "driver" not in result.message.split("loaded in", 1)[1].split("(", 1)[0]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import importlib.util
 import json
 
 import pytest
 
 from conformance.cli import main
-from conformance.overlay import fixture_names
+from conformance.overlay import fixture_names, fixtures_root
+from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.target import mutant_names
+from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
@@ -43,15 +47,42 @@ def test_every_good_fixture_certifies_with_nothing_failed(pytester, tmp_path, fi
     assert report["summary"]["verdict"] == "certified" and result.ret == 0
 
 
+#: Checks that build an engine and run a model: they cannot judge without the model stack.
+ENGINE_RUNS = ("*.engine-run", "general.models-run", "platform.worker-runs")
+
+
+def _imports_torch(mutant):
+    """Whether the mutant plugin's own code imports torch (read, not run)."""
+    for path in (fixtures_root() / "mutants" / mutant).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name.partition(".")[0] == "torch" for name in names):
+                return True
+    return False
+
+
+def _skip_unless_judgeable(mutant):
+    """Skip up front, from what is installed here and never from the outcome, a mutant its
+    check cannot judge here: one whose code imports torch, or whose check runs a model."""
+    needs = {"torch"} if _imports_torch(mutant) else set()
+    if any(fnmatch.fnmatchcase(mutant, pattern) for pattern in ENGINE_RUNS):
+        needs.update(ENGINE_RUN_DEPS)
+    missing = sorted(m for m in needs if importlib.util.find_spec(m) is None)
+    if missing:
+        pytest.skip(f"{mutant} needs {', '.join(missing)}, which is not installed here")
+
+
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
+    _skip_unless_judgeable(mutant)
     result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict")
     own = [c for c in report["checks"] if c["id"] == mutant]
     assert own, f"the check {mutant} did not run on its mutant"
-    if importlib.util.find_spec("torch") is None and all(
-        c["status"] == "skipped" and "torch" in c["message"] for c in own
-    ):
-        pytest.skip(f"{mutant} needs torch, which is not installed")
     assert all(c["status"] == "failed" for c in own), own
     message = own[0]["message"]
     assert message.startswith(f"[{mutant}]") and "Rule:" in message and "Fix:" in message
@@ -65,8 +96,16 @@ def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
 
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_certify_strict_exits_1_on_every_mutant(mutant, capsys):
+    _skip_unless_judgeable(mutant)
     code = main(["certify", mutant, "--strict"])
     out = capsys.readouterr().out
-    if importlib.util.find_spec("torch") is None and f"[{mutant}]" not in out:
-        pytest.skip(f"{mutant} needs torch, which is not installed")
     assert code == 1 and f"[{mutant}]" in out
+
+
+@pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
+def test_engine_exits_1_on_every_engine_mutant(mutant, capsys):
+    skip_unless_installed(mutant)
+    patch = fixtures_root() / "mutants" / mutant / "patch.py"
+    code = main(["engine", "--engine", "reference", "--patch", str(patch), "--check", mutant])
+    out = capsys.readouterr().out
+    assert code == 1 and f"[{mutant}]" in out, out

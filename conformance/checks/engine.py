@@ -2,19 +2,25 @@
 
 They certify an engine — the reference, or the real vLLM with `--engine vllm` — by running
 contract scenarios with small plugins made on the spot (and the bundled fixtures) in probes.
+The scenarios are the functions of `conformance.probes.engine`; each check writes the plugins
+of its scenarios into overlays and judges the typed observations.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from conformance.context import CheckContext
-from conformance.framework import check, fail, skip
+from conformance.context import CheckContext, observation, probe_name
+from conformance.framework import check, fail, fail_on, skip
 from conformance.overlay import Overlay
-from conformance.probe import ProbeResult, run_probe
+from conformance.probe import run_probe
+from conformance.probes import engine as scenarios
+from conformance.probes.data import ExceptionInfo
+
+T = TypeVar("T")
 
 GENERAL = "vllm.general_plugins"
 PLATFORM = "vllm.platform_plugins"
@@ -23,6 +29,8 @@ IO_PROCESSOR = "vllm.io_processor_plugins"
 LOGITS = "vllm.logits_processors"
 
 COUNTING = "CALLS = []\ndef register():\n    CALLS.append(1)\n"
+
+Plugin = tuple[str, dict[str, dict[str, str]], dict[str, str]]
 
 
 def _platform_module(name: str, body: str) -> str:
@@ -38,7 +46,7 @@ ACTIVE = "    return __name__ + '.P'"
 
 
 @contextmanager
-def _overlays(*plugins: tuple[str, dict[str, dict[str, str]], dict[str, str]]) -> Iterator[list]:
+def _overlays(*plugins: Plugin) -> Iterator[list[Overlay]]:
     """One overlay per plugin, in order, so discovery order is sys.path order."""
     made = []
     try:
@@ -53,16 +61,29 @@ def _overlays(*plugins: tuple[str, dict[str, dict[str, str]], dict[str, str]]) -
             overlay.cleanup()
 
 
-def _run(ctx: CheckContext, code: str, overlays: Any = None, **kwargs: Any) -> ProbeResult:
-    patch = getattr(ctx.session, "engine_patch", "") or ""
-    body = patch + "\n" + textwrap.dedent(code)
-    return run_probe(body, engine=ctx.engine, overlay=overlays, **kwargs)
-
-
-def _values(result: ProbeResult, scenario: str) -> dict[str, Any]:
-    if not result.ok:
-        fail(f"Scenario '{scenario}': the probe {result.describe()}")
-    return result.values
+def _run(
+    ctx: CheckContext,
+    function: Callable[..., T],
+    scenario: str,
+    overlays: Any = None,
+    *,
+    env: dict[str, str | None] | None = None,
+    timeout: float | None = None,
+    **args: Any,
+) -> T:
+    """The observation `function(**args)` returns in a probe of the engine under test, with
+    `overlays` first on `sys.path` and the session's engine patch applied. A probe that did not
+    return fails the check (`ProbeFailed`), or is the harness's error (`HarnessError`)."""
+    result = run_probe(
+        call=probe_name(function),
+        args=args,
+        patch=ctx.session.engine_patch,
+        engine=ctx.engine,
+        overlay=overlays,
+        env=env,
+        timeout=timeout or ctx.session.timeout,
+    )
+    return observation(result, function, f"for scenario '{scenario}'")
 
 
 def _expect(scenario: str, observed: Any, expected: Any) -> None:
@@ -70,18 +91,24 @@ def _expect(scenario: str, observed: Any, expected: Any) -> None:
         fail(f"Scenario '{scenario}': expected {expected!r}, observed {observed!r}.")
 
 
-LOAD_GENERAL = """
-import sys
-import vllm.plugins as plugins
-loaded = list(plugins.load_plugins_by_group(plugins.DEFAULT_PLUGINS_GROUP))
-probe.result["loaded"] = [n for n in loaded if n in ("a", "b")]
-probe.result["imported"] = sorted(m for m in ("plug_a", "plug_b") if m in sys.modules)
-"""
-
-TWO_GENERAL = (
+TWO_GENERAL: tuple[Plugin, Plugin] = (
     ("plugin-a", {GENERAL: {"a": "plug_a:register"}}, {"plug_a": COUNTING}),
     ("plugin-b", {GENERAL: {"b": "plug_b:register"}}, {"plug_b": COUNTING}),
 )
+
+
+def _load_general(
+    ctx: CheckContext, scenario: str, overlays: list[Overlay], env: dict[str, str | None] | None
+) -> scenarios.GeneralLoad:
+    return _run(
+        ctx,
+        scenarios.load_general_group,
+        scenario,
+        overlays,
+        env=env,
+        names=["a", "b"],
+        modules=["plug_a", "plug_b"],
+    )
 
 
 @check(
@@ -98,19 +125,14 @@ def check_discovery_per_group(ctx: CheckContext) -> None:
         STAT_LOGGER: {"s1": "multi:f"},
     }
     module = "def f(): pass\ndef none(): return None\n"
-    code = """
-    import vllm.plugins as p
-    groups = [p.DEFAULT_PLUGINS_GROUP, p.PLATFORM_PLUGINS_GROUP, p.IO_PROCESSOR_PLUGINS_GROUP,
-              p.STAT_LOGGER_PLUGINS_GROUP]
-    mine = ("g1", "p1", "io1", "s1")
-    probe.result["groups"] = {
-        g: [n for n in p.load_plugins_by_group(g) if n in mine] for g in groups}
-    """
+    scenario = "one plugin in four groups"
     with _overlays(("multi-group", eps, {"multi": module})) as overlays:
-        values = _values(_run(ctx, code, overlays), "one plugin in four groups")
+        found = _run(
+            ctx, scenarios.discover_groups, scenario, overlays, names=["g1", "p1", "io1", "s1"]
+        )
     _expect(
-        "one plugin in four groups",
-        values["groups"],
+        scenario,
+        found.groups,
         {GENERAL: ["g1"], PLATFORM: ["p1"], IO_PROCESSOR: ["io1"], STAT_LOGGER: ["s1"]},
     )
 
@@ -134,11 +156,9 @@ def check_filter_semantics(ctx: CheckContext) -> None:
     }
     with _overlays(*TWO_GENERAL) as overlays:
         for raw, expected in cases.items():
-            values = _values(
-                _run(ctx, LOAD_GENERAL, overlays, env={"VLLM_PLUGINS": raw}),
-                f"VLLM_PLUGINS={raw!r}",
-            )
-            _expect(f"VLLM_PLUGINS={raw!r}", values["loaded"], expected)
+            scenario = f"VLLM_PLUGINS={raw!r}"
+            loaded = _load_general(ctx, scenario, overlays, {"VLLM_PLUGINS": raw})
+            _expect(scenario, loaded.loaded, expected)
 
 
 @check(
@@ -149,10 +169,8 @@ def check_filter_semantics(ctx: CheckContext) -> None:
 def check_filter_before_import(ctx: CheckContext) -> None:
     """Filtering by name happens before loading, so an excluded plugin's module never runs."""
     with _overlays(*TWO_GENERAL) as overlays:
-        values = _values(
-            _run(ctx, LOAD_GENERAL, overlays, env={"VLLM_PLUGINS": "a"}), "VLLM_PLUGINS=a"
-        )
-    _expect("VLLM_PLUGINS=a", values["imported"], ["plug_a"])
+        loaded = _load_general(ctx, "VLLM_PLUGINS=a", overlays, {"VLLM_PLUGINS": "a"})
+    _expect("VLLM_PLUGINS=a", loaded.imported, ["plug_a"])
 
 
 @check(
@@ -162,14 +180,11 @@ def check_filter_before_import(ctx: CheckContext) -> None:
 )
 def check_general_once(ctx: CheckContext) -> None:
     """Calling load_general_plugins() twice runs every plugin exactly once."""
-    code = """
-    import sys, vllm.plugins as p
-    p.load_general_plugins(); p.load_general_plugins()
-    probe.result["calls"] = [len(sys.modules[m].CALLS) for m in ("plug_a", "plug_b")]
-    """
     with _overlays(*TWO_GENERAL) as overlays:
-        values = _values(_run(ctx, code, overlays), "two calls")
-    _expect("two calls", values["calls"], [1, 1])
+        calls = _run(
+            ctx, scenarios.load_general_twice, "two calls", overlays, modules=["plug_a", "plug_b"]
+        )
+    _expect("two calls", calls, [1, 1])
 
 
 @check(
@@ -179,25 +194,18 @@ def check_general_once(ctx: CheckContext) -> None:
 )
 def check_load_error_isolated(ctx: CheckContext) -> None:
     """An import error in one plugin costs only that plugin, with its traceback logged."""
-    broken = (
+    broken: Plugin = (
         "broken",
         {GENERAL: {"broken": "broken_mod:register"}},
         {"broken_mod": "raise ImportError('missing dependency xyz')\n"},
     )
-    code = (
-        LOAD_GENERAL
-        + """
-probe.result["errors"] = [(r["message"], "xyz" in (r["exc"] or "")) for r in probe.records()
-                          if r["level"] == "ERROR"]
-"""
-    )
     with _overlays(broken, TWO_GENERAL[0]) as overlays:
-        values = _values(_run(ctx, code, overlays), "one broken plugin")
-    _expect("one broken plugin: loaded", values["loaded"], ["a"])
+        loaded = _load_general(ctx, "one broken plugin", overlays, None)
+    _expect("one broken plugin: loaded", loaded.loaded, ["a"])
     _expect(
         "one broken plugin: ERROR records",
-        values["errors"],
-        [["Failed to load plugin broken", True]],
+        [(r.message, "xyz" in (r.exc or "")) for r in loaded.errors],
+        [("Failed to load plugin broken", True)],
     )
 
 
@@ -205,45 +213,59 @@ probe.result["errors"] = [(r["message"], "xyz" in (r["exc"] or "")) for r in pro
     "engine.register-error-propagates",
     title="an exception raised by a general plugin propagates; later calls are silent no-ops",
     fix="Call general plugins outside any try, after setting the once-per-process flag.",
+    # A second call can be a no-op only where the once-per-process guard works.
+    requires=("engine.general-once-per-process",),
 )
 def check_register_error_propagates(ctx: CheckContext) -> None:
     """vLLM does not catch what a plugin raises; the flag is already set, so a second call
     does nothing, and plugins after the raising one never run."""
-    raiser = (
+    raiser: Plugin = (
         "raiser",
         {GENERAL: {"raiser": "raiser:register"}},
         {"raiser": "def register():\n    raise ValueError('bad plugin')\n"},
     )
-    code = """
-    import sys, vllm.plugins as p
-    try:
-        p.load_general_plugins()
-        probe.result["first"] = None
-    except ValueError as exc:
-        probe.result["first"] = str(exc)
-    mark = probe.mark()
-    p.load_general_plugins()
-    probe.result["second_records"] = len(probe.records(since=mark))
-    probe.result["a_calls"] = len(sys.modules["plug_a"].CALLS) if "plug_a" in sys.modules else 0
-    """
+    scenario = "a raising plugin"
     with _overlays(raiser, TWO_GENERAL[0]) as overlays:
-        values = _values(_run(ctx, code, overlays), "a raising plugin")
-    _expect("a raising plugin", values, {"first": "bad plugin", "second_records": 0, "a_calls": 0})
+        run = _run(ctx, scenarios.load_general_raising, scenario, overlays, later="plug_a")
+    first = run.first
+    if first is not None and first.headline != "ValueError: bad plugin":
+        fail_on(
+            first,
+            f"Scenario '{scenario}': expected the plugin's ValueError('bad plugin') to "
+            "propagate; load_general_plugins() raised:",
+        )
+    if run.second is not None:
+        fail_on(run.second, f"Scenario '{scenario}': the second load_general_plugins() raised:")
+    _expect(
+        scenario,
+        {
+            "first": first.headline if first else None,
+            "second_records": run.second_records,
+            "a_calls": run.later_calls,
+        },
+        {"first": "ValueError: bad plugin", "second_records": 0, "a_calls": 0},
+    )
 
 
-RESOLVE = """
-import sys
-from vllm.platforms import current_platform
-cls = type(current_platform)
-probe.result["class"] = cls.__module__ + "." + cls.__qualname__
-probe.result["imported"] = sorted(m for m in sys.modules if m.startswith("plat_"))
-"""
+def _resolve(
+    ctx: CheckContext,
+    scenario: str,
+    overlays: Any = None,
+    env: dict[str, str | None] | None = None,
+    counted: str | None = None,
+) -> scenarios.PlatformResolution:
+    """How `current_platform` resolves; fails the check if resolving raised."""
+    resolved = _run(ctx, scenarios.resolve_platform, scenario, overlays, env=env, counted=counted)
+    if resolved.error is not None:
+        fail_on(resolved.error, f"Scenario '{scenario}': resolving current_platform raised:")
+    return resolved
 
 
-def _builtin(values: dict[str, Any]) -> bool:
-    return "plat_" not in values["class"] and values["class"].rsplit(".", 1)[-1] in (
-        "CpuPlatform",
-        "CudaPlatform",
+def _builtin(cls: str | None) -> bool:
+    return (
+        cls is not None
+        and "plat_" not in cls
+        and cls.rsplit(".", 1)[-1] in ("CpuPlatform", "CudaPlatform")
     )
 
 
@@ -257,64 +279,57 @@ def check_platform_rules(ctx: CheckContext) -> None:
     """No plugin gives a built-in; one active plugin wins and is called twice; a plugin that
     returns None or raises is inactive; two active raise RuntimeError naming both;
     VLLM_TARGET_DEVICE=cpu never imports plugins; VLLM_PLUGINS can filter a plugin out."""
-    values = _values(_run(ctx, RESOLVE), "no platform plugin")
-    if not _builtin(values):
-        fail(f"Scenario 'no platform plugin': resolved {values['class']}, not a built-in.")
-    eager = (
+    alone = _resolve(ctx, "no platform plugin")
+    if not _builtin(alone.cls):
+        fail(f"Scenario 'no platform plugin': resolved {alone.cls}, not a built-in.")
+    eager: Plugin = (
         "plat-eager",
         {PLATFORM: {"eager": "plat_eager:detect"}},
         {"plat_eager": _platform_module("eager", ACTIVE)},
     )
-    other = (
+    other: Plugin = (
         "plat-other",
         {PLATFORM: {"other": "plat_other:detect"}},
         {"plat_other": _platform_module("other", ACTIVE)},
     )
     with _overlays(eager) as overlays:
-        won = _values(
-            _run(
-                ctx,
-                RESOLVE + "probe.result['calls'] = len(sys.modules['plat_eager'].CALLS)\n",
-                overlays,
-            ),
-            "one active plugin",
-        )
-        _expect("one active plugin", [won["class"], won["calls"]], ["plat_eager.P", 2])
-        cpu = _values(
-            _run(ctx, RESOLVE, overlays, env={"VLLM_TARGET_DEVICE": "cpu"}),
-            "VLLM_TARGET_DEVICE=cpu",
-        )
-        _expect("VLLM_TARGET_DEVICE=cpu: plugin modules imported", cpu["imported"], [])
-        filtered = _values(
-            _run(ctx, RESOLVE, overlays, env={"VLLM_PLUGINS": "nothing"}),
+        won = _resolve(ctx, "one active plugin", overlays, counted="plat_eager")
+        _expect("one active plugin", [won.cls, won.calls], ["plat_eager.P", 2])
+        cpu = _resolve(ctx, "VLLM_TARGET_DEVICE=cpu", overlays, {"VLLM_TARGET_DEVICE": "cpu"})
+        _expect("VLLM_TARGET_DEVICE=cpu: plugin modules imported", cpu.imported, [])
+        filtered = _resolve(
+            ctx,
             "VLLM_PLUGINS without the platform plugin",
+            overlays,
+            {"VLLM_PLUGINS": "nothing"},
         )
-        if not _builtin(filtered):
-            fail(f"Scenario 'VLLM_PLUGINS without it': resolved {filtered['class']}.")
+        if not _builtin(filtered.cls):
+            fail(f"Scenario 'VLLM_PLUGINS without it': resolved {filtered.cls}.")
     for label, body in (
         ("returns None", "    return None"),
         ("raises", "    raise RuntimeError('no device')"),
     ):
-        quiet = (
+        quiet: Plugin = (
             "plat-quiet",
             {PLATFORM: {"quiet": "plat_quiet:detect"}},
             {"plat_quiet": _platform_module("quiet", body)},
         )
         with _overlays(quiet) as overlays:
-            inactive = _values(_run(ctx, RESOLVE, overlays), f"a plugin that {label}")
-        if not _builtin(inactive):
-            fail(f"Scenario 'a plugin that {label}': resolved {inactive['class']}.")
+            inactive = _resolve(ctx, f"a plugin that {label}", overlays)
+        if not _builtin(inactive.cls):
+            fail(f"Scenario 'a plugin that {label}': resolved {inactive.cls}.")
+    scenario = "two active plugins"
     with _overlays(eager, other) as overlays:
-        result = _run(ctx, RESOLVE, overlays)
-    if result.status != "raised" or result.exception["type"] != "RuntimeError":
-        fail(f"Scenario 'two active plugins': expected RuntimeError, got {result.describe()}")
-    message = result.exception["message"]
-    if "Only one platform plugin can be activated" not in message or not (
-        "eager" in message and "other" in message
+        both = _run(ctx, scenarios.resolve_platform, scenario, overlays)
+    error = both.error
+    if error is None:
+        fail(f"Scenario '{scenario}': expected RuntimeError, resolved {both.cls}.")
+    if error.type != "RuntimeError":
+        fail_on(error, f"Scenario '{scenario}': expected RuntimeError, resolving raised:")
+    if not error.mentions("Only one platform plugin can be activated") or not (
+        error.mentions("eager") and error.mentions("other")
     ):
-        fail(
-            f"Scenario 'two active plugins': the message names neither rule nor plugins: {message}"
-        )
+        fail(f"Scenario '{scenario}': the message names neither rule nor plugins: {error.message}")
 
 
 @check(
@@ -325,20 +340,15 @@ def check_platform_rules(ctx: CheckContext) -> None:
 def check_platform_lazy(ctx: CheckContext) -> None:
     """Plugins import `vllm.platforms` while resolution is pending, so importing it must not
     call any platform plugin."""
-    eager = (
+    eager: Plugin = (
         "plat-eager",
         {PLATFORM: {"eager": "plat_eager:detect"}},
         {"plat_eager": _platform_module("eager", ACTIVE)},
     )
-    code = """
-    import sys
-    import vllm.platforms
-    from vllm.platforms import Platform, PlatformEnum
-    probe.result["imported"] = "plat_eager" in sys.modules
-    """
+    scenario = "import vllm.platforms"
     with _overlays(eager) as overlays:
-        values = _values(_run(ctx, code, overlays), "import vllm.platforms")
-    _expect("import vllm.platforms: plugin imported", values["imported"], False)
+        imported = _run(ctx, scenarios.import_platforms, scenario, overlays, module="plat_eager")
+    _expect(f"{scenario}: plugin imported", imported, False)
 
 
 @check(
@@ -349,34 +359,58 @@ def check_platform_lazy(ctx: CheckContext) -> None:
 def check_stat_logger_rules(ctx: CheckContext) -> None:
     """The bundled stat logger loads as its class; VLLM_PLUGINS="" gives none; a plugin whose
     entry point is not a StatLoggerBase subclass raises TypeError naming it."""
-    code = """
-    from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories
-    try:
-        probe.result["factories"] = [f.__name__ for f in load_stat_logger_plugin_factories()]
-    except TypeError as exc:
-        probe.result["type_error"] = str(exc)
-    """
+
+    def factories(scenario: str, overlay: Any, env: dict[str, str | None] | None) -> list[str]:
+        loaded = _run(ctx, scenarios.load_stat_loggers, scenario, overlay, env=env)
+        if loaded.error is not None:
+            fail_on(loaded.error, f"Scenario '{scenario}': loading the stat loggers raised:")
+        return loaded.factories or []
+
     overlay = Overlay().add_fixture("vllm_add_dummy_stat_logger")
     try:
-        good = _values(_run(ctx, code, overlay), "the dummy stat logger")
-        _expect("the dummy stat logger", good.get("factories"), ["DummyStatLogger"])
-        none = _values(_run(ctx, code, overlay, env={"VLLM_PLUGINS": ""}), 'VLLM_PLUGINS=""')
-        _expect('VLLM_PLUGINS=""', none.get("factories"), [])
+        good = factories("the dummy stat logger", overlay, None)
+        _expect("the dummy stat logger", good, ["DummyStatLogger"])
+        none = factories('VLLM_PLUGINS=""', overlay, {"VLLM_PLUGINS": ""})
+        _expect('VLLM_PLUGINS=""', none, [])
     finally:
         overlay.cleanup()
-    bad = (
+    bad: Plugin = (
         "bad-logger",
         {STAT_LOGGER: {"bad": "bad_logger:make"}},
         {"bad_logger": "def make():\n    return None\n"},
     )
+    scenario = "a factory function as entry point"
     with _overlays(bad) as overlays:
-        wrong = _values(_run(ctx, code, overlays), "a factory function")
-    message = wrong.get("type_error") or ""
-    if "'bad'" not in message or "StatLoggerBase" not in message:
+        wrong = _run(ctx, scenarios.load_stat_loggers, scenario, overlays)
+    error = wrong.error
+    if error is not None and error.type != "TypeError":
+        fail_on(error, f"Scenario '{scenario}': expected TypeError, loading raised:")
+    if error is None or not (error.mentions("'bad'") and error.mentions("StatLoggerBase")):
+        observed = error.headline if error is not None else f"factories {wrong.factories!r}"
         fail(
-            f"Scenario 'a factory function as entry point': expected TypeError naming 'bad' "
-            f"and StatLoggerBase, observed {wrong!r}"
+            f"Scenario '{scenario}': expected TypeError naming 'bad' and StatLoggerBase, "
+            f"observed {observed}"
         )
+
+
+#: Two IO processors in one module, built from two small ones (the base class apart).
+IO_BASE = """
+from vllm.plugins.io_processors.interface import IOProcessor
+class Proc(IOProcessor):
+    def pre_process(self, prompt, request_id=None, **kw):
+        return prompt
+    def post_process(self, model_output, request_id=None, **kw):
+        return type(self).__name__
+"""
+IO_PAIR = """
+from io_pair_base import Proc
+class ProcA(Proc): pass
+class ProcB(Proc): pass
+def a():
+    return __name__ + '.ProcA'
+def b():
+    return __name__ + '.ProcB'
+"""
 
 
 @check(
@@ -388,43 +422,21 @@ def check_stat_logger_rules(ctx: CheckContext) -> None:
 def check_io_processor_selection(ctx: CheckContext) -> None:
     """With two processors installed, the init argument picks one, the hf_config field picks
     the other, no request gives None, and an unknown name is a ValueError."""
-    module = (
-        "from vllm.plugins.io_processors.interface import IOProcessor\n"
-        "class Proc(IOProcessor):\n"
-        "    def pre_process(self, prompt, request_id=None, **kw):\n        return prompt\n"
-        "    def post_process(self, model_output, request_id=None, **kw):\n"
-        "        return type(self).__name__\n"
-        "class ProcA(Proc): pass\nclass ProcB(Proc): pass\n"
-        "def a():\n    return __name__ + '.ProcA'\ndef b():\n    return __name__ + '.ProcB'\n"
-    )
-    plugin = (
+    plugin: Plugin = (
         "io-pair",
         {IO_PROCESSOR: {"proc_a": "io_pair:a", "proc_b": "io_pair:b"}},
-        {"io_pair": module},
+        {"io_pair_base": IO_BASE, "io_pair": IO_PAIR},
     )
-    code = """
-    from types import SimpleNamespace
-    from vllm.plugins.io_processors import get_io_processor
-    def pick(init, field):
-        # Only the attributes selection reads: the same stand-in works on every engine.
-        fields = {"io_processor_plugin": field} if field else {}
-        hf_config = SimpleNamespace(to_dict=lambda: dict(fields), **fields)
-        cfg = SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config))
-        try:
-            proc = get_io_processor(cfg, None, init)
-        except ValueError as exc:
-            return "ValueError"
-        return None if proc is None else type(proc).__name__
-    probe.result["picks"] = [pick("proc_a", "proc_b"), pick(None, "proc_b"), pick(None, None),
-                             pick("missing", None)]
-    """
+    scenario = "init arg / hf_config / none / unknown"
+    cases = [["proc_a", "proc_b"], [None, "proc_b"], [None, None], ["missing", None]]
     with _overlays(plugin) as overlays:
-        values = _values(_run(ctx, code, overlays), "two IO processors")
-    _expect(
-        "init arg / hf_config / none / unknown",
-        values["picks"],
-        ["ProcA", "ProcB", None, "ValueError"],
-    )
+        picks = _run(ctx, scenarios.pick_io_processors, "two IO processors", overlays, cases=cases)
+    observed: list[str | None] = []
+    for pick in picks:
+        if pick.error is not None and pick.error.type != "ValueError":
+            fail_on(pick.error, f"Scenario '{scenario}': get_io_processor raised:")
+        observed.append("ValueError" if pick.error is not None else pick.chosen)
+    _expect(scenario, observed, ["ProcA", "ProcB", None, "ValueError"])
 
 
 @check(
@@ -435,24 +447,20 @@ def check_io_processor_selection(ctx: CheckContext) -> None:
 def check_lora_resolver_registry(ctx: CheckContext) -> None:
     """Registering a name twice overwrites it (WARNING); an unknown name raises a KeyError
     that says "not found"."""
-    code = """
-    from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
-    class R(LoRAResolver):
-        async def resolve_lora(self, base_model_name, lora_name):
-            return None
-    first, second = R(), R()
-    LoRAResolverRegistry.register_resolver("conformance", first)
-    mark = probe.mark()
-    LoRAResolverRegistry.register_resolver("conformance", second)
-    probe.result["warned"] = any(r["level"] == "WARNING" for r in probe.records(since=mark))
-    probe.result["kept_second"] = LoRAResolverRegistry.get_resolver("conformance") is second
-    try:
-        LoRAResolverRegistry.get_resolver("no-such-resolver")
-    except KeyError as exc:
-        probe.result["key_error"] = "not found" in str(exc)
-    """
-    values = _values(_run(ctx, code), "resolver registry")
-    _expect("resolver registry", values, {"warned": True, "kept_second": True, "key_error": True})
+    scenario = "resolver registry"
+    registry = _run(ctx, scenarios.lora_resolver_registry, scenario)
+    unknown = registry.unknown
+    if unknown is not None and unknown.type != "KeyError":
+        fail_on(unknown, f"Scenario '{scenario}': looking up an unknown name raised:")
+    _expect(
+        scenario,
+        {
+            "warned": registry.warned,
+            "kept_second": registry.kept_second,
+            "key_error": unknown is not None and unknown.mentions("not found"),
+        },
+        {"warned": True, "kept_second": True, "key_error": True},
+    )
 
 
 @check(
@@ -463,30 +471,19 @@ def check_lora_resolver_registry(ctx: CheckContext) -> None:
 def check_custom_op_replacement(ctx: CheckContext) -> None:
     """With the dummy platform fixture, after load_general_plugins() a RotaryEmbedding is a
     DummyRotaryEmbedding."""
-    code = """
-    import importlib.util
-    if importlib.util.find_spec("torch") is None:
-        probe.result["skip"] = True
-    else:
-        import torch
-        import vllm.plugins
-        vllm.plugins.load_general_plugins()
-        from vllm.config import VllmConfig, set_current_vllm_config
-        from vllm.model_executor.layers.rotary_embedding import RotaryEmbedding
-        # Ops are built while an engine config is current (real vLLM asserts it).
-        with set_current_vllm_config(VllmConfig()):
-            op = RotaryEmbedding(16, 16, 16, 10000, True, torch.float32)
-        probe.result["class"] = type(op).__name__
-        probe.result["addition_config"] = getattr(op, "addition_config", False)
-    """
+    scenario = "dummy custom op"
     overlay = Overlay().add_fixture("vllm_add_dummy_platform")
     try:
-        values = _values(_run(ctx, code, overlay), "dummy custom op")
+        op = _run(ctx, scenarios.build_rotary_embedding, scenario, overlay)
     finally:
         overlay.cleanup()
-    if values.get("skip"):
+    if not op.has_torch:
         skip("torch is not installed, so no custom op can be built")
-    _expect("dummy custom op", values, {"class": "DummyRotaryEmbedding", "addition_config": True})
+    _expect(
+        scenario,
+        {"class": op.cls, "addition_config": op.addition_config},
+        {"class": "DummyRotaryEmbedding", "addition_config": True},
+    )
 
 
 @check(
@@ -497,26 +494,22 @@ def check_custom_op_replacement(ctx: CheckContext) -> None:
 def check_logits_not_filtered(ctx: CheckContext) -> None:
     """`vllm.logits_processors` does not go through load_plugins_by_group: being installed
     means being loaded, even with VLLM_PLUGINS=""."""
-    plugin = ("logits-x", {LOGITS: {"lp": "lp_mod:LP"}}, {"lp_mod": "class LP:\n    pass\n"})
-    code_v = """
-    import importlib
-    loader = None
-    for name in ("vllm.v1.sample.logits_processor",):
-        module = importlib.import_module(name)
-        loader = getattr(module, "_load_logitsprocs_plugins", None)
-    probe.result["loaded"] = [c.__name__ for c in loader()] if loader else None
-    """
+    plugin: Plugin = (
+        "logits-x",
+        {LOGITS: {"lp": "lp_mod:LP"}},
+        {"lp_mod": "class LP:\n    pass\n"},
+    )
+    scenario = 'VLLM_PLUGINS="" with a logits plugin'
     with _overlays(plugin) as overlays:
-        values = _values(
-            _run(ctx, code_v, overlays, env={"VLLM_PLUGINS": ""}),
-            'VLLM_PLUGINS="" with a logits plugin',
+        loaded = _run(
+            ctx, scenarios.load_logits_plugins, scenario, overlays, env={"VLLM_PLUGINS": ""}
         )
-    if values["loaded"] is None:
+    if loaded is None:
         fail(
             "The engine exposes no V1 logits-processor plugin loader "
             "(vllm.v1.sample.logits_processor._load_logitsprocs_plugins)."
         )
-    _expect('VLLM_PLUGINS="": logits plugins loaded', values["loaded"], ["LP"])
+    _expect('VLLM_PLUGINS="": logits plugins loaded', loaded, ["LP"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,66 +518,26 @@ def check_logits_not_filtered(ctx: CheckContext) -> None:
 RAY_WORKERS_VAR = "VLLM_CONFORMANCE_RAY_VAR"
 RAY_WORKERS_TIMEOUT_S = 360.0
 
-#: A general plugin that records, per call, its process, Ray actor (None outside actors) and
-#: the value of RAY_WORKERS_VAR there. The file path is baked into the source, so reaching
-#: it needs no variable the engine might fail to forward.
-RAY_MARKER = """
+#: A general plugin `{func}` that records, per call, its name, process, Ray actor (None outside
+#: actors) and the value of RAY_WORKERS_VAR there. The file path is baked into the source, so
+#: reaching it needs no variable the engine might fail to forward.
+RAY_PLUGIN = """
 import json, os, sys
-
-def mark():
+def {func}():
     actor = None
     if "ray" in sys.modules:
         import ray
         if ray.is_initialized():
             actor = ray.get_runtime_context().get_actor_id()
-    line = {{"plugin": "marker", "pid": os.getpid(), "actor": actor,
-             "var": os.environ.get({var!r})}}
+    line = dict(plugin={plugin!r}, pid=os.getpid(), actor=actor, var=os.environ.get({var!r}))
     with open({path!r}, "a") as f:
         f.write(json.dumps(line) + "\\n")
 """
 
-RAY_EXCLUDED = """
-import json, os, sys
 
-def register():
-    actor = None
-    if "ray" in sys.modules:
-        import ray
-        if ray.is_initialized():
-            actor = ray.get_runtime_context().get_actor_id()
-    with open({path!r}, "a") as f:
-        f.write(json.dumps({{"plugin": "excluded", "pid": os.getpid(), "actor": actor}}) + "\\n")
-"""
-
-RAY_WORKERS_RUN = r"""
-import importlib.util, os
-R = probe.result
-R["no_ray"] = importlib.util.find_spec("ray") is None
-if not R["no_ray"] and not ENGINE_MISSING:
-    import ray
-    # Started before the variables are set: the workers can get them only from the executor.
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        os.environ.update(VARS)
-        # The executor in this process, where Ray is initialized (vLLM: no engine-core process).
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from vllm import LLM, SamplingParams
-        R["driver"] = os.getpid()
-        try:
-            llm = LLM(model=tiny_checkpoint("llama"), tensor_parallel_size=2,
-                      distributed_executor_backend="ray", max_model_len=128, max_num_seqs=2,
-                      **SMALL_ENGINE)
-        except Exception as exc:
-            R["engine_error"] = f"{type(exc).__name__}: {exc}"
-        else:
-            try:
-                params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
-                R["tokens"] = len(llm.generate("Hello", params)[0].outputs[0].token_ids)
-            finally:
-                shut(llm)
-    finally:
-        ray.shutdown()
-"""
+def _ray_plugin(dist: str, module: str, func: str, plugin: str, path: str) -> Plugin:
+    source = RAY_PLUGIN.format(func=func, plugin=plugin, var=RAY_WORKERS_VAR, path=path)
+    return (dist, {GENERAL: {module: f"{module}:{func}"}}, {module: source})
 
 
 @check(
@@ -608,50 +561,45 @@ def check_plugins_in_ray_workers(ctx: CheckContext) -> None:
     import tempfile
     from pathlib import Path
 
-    from conformance.checks.general import engine_run_code, skip_if_engine_missing
+    from conformance.checks.general import skip_if_engine_missing
 
     scenario = "LLM(tensor_parallel_size=2, distributed_executor_backend='ray')"
     with tempfile.TemporaryDirectory(prefix="vllm-ray-marks-") as tmp:
         marks_path = str(Path(tmp, "marks.jsonl"))
         plugins = (
-            (
-                "ray-marker",
-                {GENERAL: {"ray_marker": "ray_marker:mark"}},
-                {"ray_marker": RAY_MARKER.format(var=RAY_WORKERS_VAR, path=marks_path)},
-            ),
-            (
-                "ray-excluded",
-                {GENERAL: {"ray_excluded": "ray_excluded:register"}},
-                {"ray_excluded": RAY_EXCLUDED.format(path=marks_path)},
-            ),
+            _ray_plugin("ray-marker", "ray_marker", "mark", "marker", marks_path),
+            _ray_plugin("ray-excluded", "ray_excluded", "register", "excluded", marks_path),
         )
         variables = {"VLLM_PLUGINS": "ray_marker", RAY_WORKERS_VAR: "from-the-driver"}
         with _overlays(*plugins) as overlays:
-            result = _run(
+            run = _run(
                 ctx,
-                engine_run_code(f"VARS = {variables!r}\n" + RAY_WORKERS_RUN),
+                scenarios.run_ray_workers,
+                scenario,
                 overlays,
                 timeout=RAY_WORKERS_TIMEOUT_S,
+                variables=variables,
             )
         marks_file = Path(marks_path)
         lines = marks_file.read_text().splitlines() if marks_file.is_file() else []
         marks = [json.loads(line) for line in lines]
-    values = _values(result, scenario)
-    if values.get("no_ray"):
+    if run.no_ray:
         skip(
             "Ray is not installed in the engine's interpreter, so its Ray executor cannot run "
             "(`pip install ray`)"
         )
-    skip_if_engine_missing(values)
-    error = values.get("engine_error")
-    if error and "does not support ray" in error:
+    skip_if_engine_missing(run.missing)
+    error: ExceptionInfo | None = run.engine_error
+    if error is not None and error.mentions("does not support ray"):
         skip(
-            f"this engine refuses Ray on its platform ({error.splitlines()[0]}); vLLM's CPU "
-            "platform has no ray_device_key, so vLLM's Ray executor needs GPUs"
+            f"this engine refuses Ray on its platform ({error.headline.splitlines()[0]}); "
+            "vLLM's CPU platform has no ray_device_key, so vLLM's Ray executor needs GPUs"
         )
-    if error:
-        fail(f"Scenario '{scenario}' raised: {error}")
-    driver = values["driver"]
+    if error is not None:
+        fail_on(error, f"Scenario '{scenario}' raised:")
+    if run.generate_error is not None:
+        fail_on(run.generate_error, f"Scenario '{scenario}': generate raised:")
+    driver = run.driver
     marked = [m for m in marks if m["plugin"] == "marker"]
     if not any(m["pid"] == driver for m in marked):
         fail(f"Scenario '{scenario}': the marker plugin did not load in the driver; marks: {marks}")
