@@ -7,22 +7,19 @@ import textwrap
 import pytest
 
 from conformance.checks import io_processor as checks
-from conformance.checks import load_catalog
+from conformance.framework import load_catalog
 from conformance.overlay import Overlay
+from conformance.probes.data import ExceptionInfo
+from conformance.probes.engine_run import ENGINE_RUN_DEPS
+from conformance.probes.io_processor import MALFORMED, Answer, Rejection
 from conformance.runner import CheckResult
-from conformance.target import EntryPointInfo, Target, resolve_target
+from conformance.target import EntryPointInfo, Target, mutant_names, resolve_target
 from tests.conftest import assert_mutant_fails, run_check_group
 
 GROUP = "io_processor"
 IO_PROCESSORS = "vllm.io_processor_plugins"
-MUTANTS = [
-    "io_processor.loadable",
-    "io_processor.returns-qualname",
-    "io_processor.subclass",
-    "io_processor.constructs",
-    "io_processor.round-trip",
-    "io_processor.rejects-bad-input",
-]
+#: The bundled mutants of this group, each named after the check it must fail.
+MUTANTS = [name for name in mutant_names() if name.startswith(f"{GROUP}.")]
 #: What the failure message must show, beyond the fix hint.
 OBSERVED = {
     "io_processor.loadable": "No module named 'mutant_fast_tokenizer_ext'",
@@ -31,6 +28,7 @@ OBSERVED = {
     "io_processor.constructs": "the v0.10-v0.16 form",
     "io_processor.round-trip": "'PoolingOutput' object is not subscriptable",
     "io_processor.rejects-bad-input": "parse_data({}) raised KeyError: 'texts'",
+    "io_processor.engine-run": "cannot reshape array of size 128 into shape (16,16)",
 }
 CLASS_CHECKS = [
     "io_processor.subclass",
@@ -38,24 +36,46 @@ CLASS_CHECKS = [
     "io_processor.round-trip",
     "io_processor.rejects-bad-input",
 ]
-#: Mutants that break more than their own rule, and which other checks they fail (why).
-ALSO_FAILS = {
+#: Checks that run a real engine: left out of this file's runs of good processors, which stay
+#: fast (test_checks_engine_run.py runs them on the good fixtures).
+ENGINE_RUN = ["io_processor.engine-run"]
+FAST = sorted(set(MUTANTS) - set(ENGINE_RUN))
+#: The checks each mutant leaves unable to judge: they are blocked by its check, not failed.
+BLOCKED = {
     # Nothing can be examined when the entry point does not load.
     "io_processor.loadable": set(MUTANTS) - {"io_processor.loadable"},
     # A 'module:Class' answer names no class, so the class checks have nothing to examine.
-    "io_processor.returns-qualname": set(CLASS_CHECKS),
+    "io_processor.returns-qualname": {*CLASS_CHECKS, *ENGINE_RUN},
+    "io_processor.subclass": set(),
     # A processor that cannot be built cannot take requests.
-    "io_processor.constructs": {"io_processor.round-trip", "io_processor.rejects-bad-input"},
+    "io_processor.constructs": {
+        "io_processor.round-trip",
+        "io_processor.rejects-bad-input",
+        "io_processor.engine-run",
+    },
+    # A round trip that fails on hand-made outputs fails on the engine's too.
+    "io_processor.round-trip": {"io_processor.engine-run"},
+    "io_processor.rejects-bad-input": set(),
+    "io_processor.engine-run": set(),
 }
-
-
-#: Checks that run a real engine: tested (mutant and good fixtures) in test_checks_engine_run.py,
-#: and left out of this file's runs, which stay fast.
-ENGINE_RUN = ["io_processor.engine-run"]
+#: What each mutant's own engine run does when it is not blocked: the sentiment mutants have
+#: no checkpoint (a capability skip); the engine-run mutant runs and fails.
+SKIPPED = {
+    "io_processor.subclass": {"io_processor.engine-run"},
+    "io_processor.rejects-bad-input": {"io_processor.engine-run"},
+}
+#: The mutant's declared dependencies and the model stack, for the mutant that runs a model.
+ENGINE_RUN_NEEDS = {"io_processor.engine-run": ("numpy", *ENGINE_RUN_DEPS)}
 
 
 def run_group(target: Target) -> dict[str, CheckResult]:
+    """The group's checks but the engine run, on `target`."""
     return run_check_group(target, GROUP, ENGINE_RUN)
+
+
+def run_all(target: Target) -> dict[str, CheckResult]:
+    """Every check of the group and the package checks, in one session."""
+    return run_check_group(target, (GROUP, "package"))
 
 
 def inline_processor(name: str, processor_source: str, answer: str | None = None) -> Target:
@@ -117,15 +137,22 @@ def text_processor(
 
 def test_every_io_processor_check_has_a_mutant():
     ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
-    assert ids == sorted(MUTANTS + ENGINE_RUN), (
-        "each io_processor check needs a mutant named after it"
-    )
+    assert ids == MUTANTS, "each io_processor check needs a mutant named after it"
+    assert set(OBSERVED) == set(BLOCKED) == set(MUTANTS)
 
 
 @pytest.mark.parametrize("check_id", MUTANTS)
-def test_the_mutant_fails_its_check_with_the_fix_and_breaks_nothing_unexpected(check_id):
-    results = run_group(resolve_target(check_id))
-    assert_mutant_fails(results, check_id, OBSERVED[check_id], ALSO_FAILS.get(check_id, set()))
+def test_the_mutant_fails_its_check_and_blocks_only_what_depends_on_it(check_id):
+    for module in ENGINE_RUN_NEEDS.get(check_id, ()):  # without them the check skips
+        pytest.importorskip(module)
+    results = run_all(resolve_target(check_id))
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], set())
+    blocked = {k for k, r in results.items() if r.status == "blocked"}
+    assert blocked == BLOCKED[check_id]
+    skipped = {k for k, r in results.items() if r.status == "skipped"}
+    assert skipped == SKIPPED.get(check_id, set())
+    passed = set(results) - blocked - skipped - {check_id}
+    assert {results[k].status for k in passed} == {"passed"}, "the rest judge and pass"
 
 
 def test_the_prithvi_fixture_passes_every_io_processor_check():
@@ -133,7 +160,7 @@ def test_the_prithvi_fixture_passes_every_io_processor_check():
     pytest.importorskip("tifffile")
     # It provides both conformance hooks, so the round trip runs end to end: nothing skipped.
     results = run_group(resolve_target("prithvi_io_processor"))
-    assert set(results) == set(MUTANTS)
+    assert set(results) == set(FAST)
     for check_id, result in results.items():
         assert result.status == "passed", f"{check_id}: {result.message}"
 
@@ -141,7 +168,7 @@ def test_the_prithvi_fixture_passes_every_io_processor_check():
 def test_a_good_text_processor_passes_and_a_garbage_string_is_not_judged():
     # Its sample is an object; a string is of another type, so it is judged and rejected.
     results = run_group(inline_processor("text_proc", text_processor()))
-    assert {k: r.status for k, r in results.items()} == dict.fromkeys(MUTANTS, "passed")
+    assert {k: r.status for k, r in results.items()} == dict.fromkeys(FAST, "passed")
 
 
 def test_a_string_taking_processor_may_accept_a_garbage_string():
@@ -171,8 +198,10 @@ def test_a_raising_entry_function_is_explained():
     answer = "(_ for _ in ()).throw(RuntimeError('no GDAL'))"
     results = run_group(inline_processor("raising_proc", text_processor(), answer=answer))
     message = results["io_processor.returns-qualname"].message
+    assert results["io_processor.returns-qualname"].status == "failed"
     assert "RuntimeError: no GDAL" in message and "Failed to load plugin" in message
-    assert results["io_processor.constructs"].status == "failed"
+    assert results["io_processor.constructs"].status == "blocked"
+    assert results["io_processor.constructs"].blocked_by == "io_processor.returns-qualname"
 
 
 def test_a_name_that_does_not_import_fails_the_qualname_check():
@@ -240,22 +269,25 @@ def test_a_processor_with_the_old_method_names_gets_the_rename_hint():
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        ({"kind": "none", "repr": "None"}, None),
-        ({"kind": "str", "value": "pkg.mod.Cls", "repr": "'pkg.mod.Cls'"}, None),
-        ({"kind": "str", "value": "pkg.mod:Cls", "repr": ""}, "write 'pkg.mod.Cls'"),
-        ({"kind": "str", "value": "Cls", "repr": "'Cls'"}, "not a dotted"),
-        ({"kind": "str", "value": "", "repr": "''"}, "not a dotted"),
+        (Answer(kind="none", repr="None"), None),
+        (Answer(kind="str", value="pkg.mod.Cls", repr="'pkg.mod.Cls'"), None),
+        (Answer(kind="str", value="pkg.mod:Cls", repr=""), "write 'pkg.mod.Cls'"),
+        (Answer(kind="str", value="Cls", repr="'Cls'"), "not a dotted"),
+        (Answer(kind="str", value="", repr="''"), "not a dotted"),
         (
-            {"kind": "other", "type": "type", "repr": "<class 'p.C'>", "is_class": True},
+            Answer(kind="other", type="type", repr="<class 'p.C'>", is_class=True),
             "returned the class",
         ),
-        ({"kind": "other", "type": "int", "repr": "3", "is_class": False}, "(a int)"),
-        ({"kind": "raised", "repr": "OSError: x"}, "Failed to load plugin"),
+        (Answer(kind="other", type="int", repr="3", is_class=False), "(a int)"),
+        (Answer(kind="raised", repr="OSError: x"), "Failed to load plugin"),
     ],
 )
 def test_answer_problem_explains_each_wrong_answer(answer, expected):
     problem = checks.answer_problem(answer)
-    assert problem is None if expected is None else expected in problem
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and expected in problem
 
 
 @pytest.mark.parametrize(
@@ -280,8 +312,8 @@ def test_parse_hint_names_only_the_old_methods_present():
     assert checks.parse_hint(None) == ""
 
 
-def _rejections():
-    return [{"input": shown, "jtype": jtype} for shown, _, jtype in checks.MALFORMED]
+def _rejections() -> list[Rejection]:
+    return [Rejection(input=shown, jtype=jtype) for shown, _, jtype in MALFORMED]
 
 
 @pytest.mark.parametrize(
@@ -297,15 +329,19 @@ def _rejections():
 )
 def test_judged_inputs_follow_the_sample_type(sample_type, sample_size, judged):
     chosen = checks.judged_inputs(_rejections(), sample_type, sample_size)
-    assert [r["jtype"] for r in chosen] == judged
+    assert [r.jtype for r in chosen] == judged
+
+
+def _raised(kind: str, message: str) -> ExceptionInfo:
+    return ExceptionInfo(type=kind, module="builtins", message=message, owner="plugin")
 
 
 def test_rejection_problems_accept_value_errors_only_and_group_alike_failures():
     judged = [
-        {"input": "None", "raised": "ValidationError", "is_value_error": True, "message": ""},
-        {"input": "42", "raised": "TypeError", "is_value_error": False, "message": "bad"},
-        {"input": "{}", "returned": "[]"},
-        {"input": "'x'", "raised": "TypeError", "is_value_error": False, "message": "bad"},
+        Rejection("None", "null", _raised("ValidationError", ""), is_value_error=True),
+        Rejection("42", "number", _raised("TypeError", "bad")),
+        Rejection("{}", "object", returned="[]"),
+        Rejection("'x'", "string", _raised("TypeError", "bad")),
     ]
     assert checks.rejection_problems(judged) == [
         "parse_data(42), parse_data('x') raised TypeError: bad",

@@ -1,11 +1,11 @@
 """IO-processor checks (`vllm.io_processor_plugins`): the entry function's answer, the processor
 class, and one request taken through it as vLLM 0.32's pooling server would.
 
-Two probes per entry point feed every check. `io_examine` loads the entry point, calls it as
-vLLM does (no arguments) and imports the class it names. `io_drive`, run only for a class,
-constructs it as `cls(vllm_config, renderer)`, selects it by name through the engine's
-`get_io_processor`, runs the round trip on the plugin's own sample request and feeds
-`parse_data` malformed inputs.
+Two probes per entry point feed every check (conformance/probes/io_processor.py).
+`observe_io_processor` loads the entry point, calls it as vLLM does (no arguments) and imports
+the class it names. `drive_io_processor`, run only for a class, constructs it as
+`cls(vllm_config, renderer)`, selects it by name through the engine's `get_io_processor`, runs
+the round trip on the plugin's own sample request and feeds `parse_data` malformed inputs.
 
 A round trip needs a request and model outputs, which only the plugin can make up. It
 provides them through two optional methods on the processor class (class or static methods,
@@ -29,244 +29,53 @@ static method on the processor class:
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Any
-
+from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
 from conformance.context import CheckContext
-from conformance.framework import check, fail, skip
-
-#: `pkg.module.Class`: what `resolve_obj_by_qualname` can import (it splits on the last dot).
-DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
-INACTIVE = "the plugin is inactive on this machine (its function returned None)"
-REQUEST_ID = "conformance-0"
-SAMPLE_HOOK = "conformance_sample_request"
-OUTPUTS_HOOK = "conformance_fake_outputs"
-#: Requests no processor should accept: (how it is shown, the value, the JSON type it has).
-MALFORMED: tuple[tuple[str, Any, str], ...] = (
-    ("None", None, "null"),
-    ("42", 42, "number"),
-    ("{}", {}, "object"),
-    ("'}{ not a request'", "}{ not a request", "string"),
+from conformance.framework import check, fail, fail_on, skip
+from conformance.probes.io_processor import (
+    CHECKPOINT_HOOK,
+    DOTTED_NAME,
+    OUTPUTS_HOOK,
+    SAMPLE_HOOK,
+    Answer,
+    IOProcessorDrive,
+    IOProcessorObservation,
+    ProcessorClass,
+    Rejection,
+    drive_io_processor,
+    observe_io_processor,
+    run_io_processor_engine,
 )
 
-IO_EXAMINE = r"""
-import importlib, inspect, traceback
-R = probe.result
-
-
-
-import vllm.plugins.io_processors
-from vllm.plugins.io_processors.interface import IOProcessor
-
-try:
-    func = target_entry_point(EP_GROUP, EP_NAME).load()
-except BaseException as exc:
-    R["load_error"] = _err(exc)
-else:
-    R["describe"] = describe(func)
-    R["callable"] = callable(func)
-    if callable(func):
-        try:
-            value = func()
-        except BaseException as exc:
-            R["answer"] = {"kind": "raised", "repr": f"{type(exc).__name__}: {exc}"[:300],
-                           "error": _err(exc)}
-        else:
-            if value is None:
-                R["answer"] = {"kind": "none", "repr": "None"}
-            elif type(value) is str:
-                R["answer"] = {"kind": "str", "value": value, "repr": repr(value)[:300]}
-            else:
-                R["answer"] = {"kind": "other", "type": type(value).__qualname__,
-                               "repr": repr(value)[:300], "is_class": isinstance(value, type)}
-        answer = R["answer"]
-        if answer["kind"] == "str" and re.fullmatch(DOTTED, answer["value"]):
-            module, _, attr = answer["value"].rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(module), attr)
-            except BaseException as exc:
-                R["class_error"] = _err(exc)
-            else:
-                R["is_class"] = isinstance(cls, type)
-                R["class_repr"] = repr(cls)[:300]
-                if R["is_class"]:
-                    R["is_io"] = issubclass(cls, IOProcessor)
-                    R["abstract"] = sorted(getattr(cls, "__abstractmethods__", ()))
-                    R["init_params"] = _params(cls.__init__)
-                    R["methods"] = sorted(
-                        m for m in ("parse_data", "parse_request", "pre_process", "post_process",
-                                    "merge_pooling_params", "validate_or_generate_params",
-                                    "output_to_response")
-                        if callable(getattr(cls, m, None)))
-"""
-
-IO_DRIVE = r"""
-import dataclasses, importlib, json, traceback
-from collections.abc import Mapping
-R = probe.result
-
-
-def _short(value):
-    return repr(value)[:200]
-
-def _jtype(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return type(value).__qualname__
-
-def _json_form(value):
-    # What the server can put in the response's `data` field, and how it got there.
-    attempts = [("as is", lambda: value)]
-    if hasattr(value, "model_dump"):
-        attempts.append(("model_dump(mode='json')", lambda: value.model_dump(mode="json")))
-        attempts.append(("model_dump()", lambda: value.model_dump()))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        attempts.append(("dataclasses.asdict()", lambda: dataclasses.asdict(value)))
-    if callable(getattr(value, "dict", None)):
-        attempts.append(("dict()", lambda: value.dict()))
-    errors = []
-    for how, make in attempts:
-        try:
-            return {"how": how, "json": json.dumps(make())[:300]}
-        except Exception as exc:
-            errors.append(f"{how}: {type(exc).__name__}: {exc}"[:300])
-    return {"errors": errors}
-
-from vllm.config import VllmConfig
-from vllm.plugins.io_processors import get_io_processor
-from vllm.renderers import BaseRenderer
-
-def _renderer(config):
-    try:
-        return BaseRenderer(config)
-    except TypeError:
-        # An engine whose BaseRenderer is abstract: a stand-in that answers nothing.
-        stubs = {name: (lambda *a, **k: None) for name in getattr(
-            BaseRenderer, "__abstractmethods__", ())}
-        stand_in = type("ConformanceRenderer", (BaseRenderer,), stubs)
-        try:
-            return stand_in(config)
-        except Exception:
-            return object.__new__(stand_in)
-
-module, _, attr = QUALNAME.rpartition(".")
-cls = getattr(importlib.import_module(module), attr)
-config = VllmConfig()
-if getattr(config, "model_config", None) is not None:  # vLLM's own default has no model
-    config.model_config.runner_type = "pooling"
-    config.model_config.io_processor_plugin = EP_NAME
-renderer = _renderer(config)
-
-processor = None
-try:
-    processor = cls(config, renderer)
-except BaseException as exc:
-    R["construct_error"] = _err(exc)
-if processor is not None:
-    try:
-        selected = get_io_processor(config, renderer, plugin_from_init=EP_NAME)
-    except BaseException as exc:
-        R["select_error"] = _err(exc)
-    else:
-        R["selected"] = f"{type(selected).__module__}.{type(selected).__qualname__}"
-        R["selected_is_class"] = type(selected) is cls
-
-    # The round trip, as the pooling server runs a request.
-    R["has_sample"] = callable(getattr(processor, SAMPLE_HOOK, None))
-    R["has_outputs"] = callable(getattr(processor, OUTPUTS_HOOK, None))
-    steps = R["steps"] = []
-
-    def step(shown, call):
-        try:
-            value = call()
-        except BaseException as exc:
-            R["step_error"] = {"call": shown, "error": _err(exc)}
-            raise
-        steps.append(shown)
-        return value
-
-    if R["has_sample"]:
-        try:
-            sample = step(f"{SAMPLE_HOOK}()", getattr(processor, SAMPLE_HOOK))
-            R["sample_type"] = _jtype(sample)
-            R["sample_size"] = len(sample) if isinstance(sample, Mapping) else None
-            parsed = step("parse_data(sample)", lambda: processor.parse_data(sample))
-            prompts = step(f"pre_process(prompt=parsed, request_id={REQUEST_ID!r})",
-                           lambda: processor.pre_process(prompt=parsed, request_id=REQUEST_ID))
-            # `PromptType | Sequence[PromptType]`: one prompt is a str or a dict.
-            if isinstance(prompts, (str, Mapping)) or not isinstance(prompts, (list, tuple)):
-                prompts = [prompts]
-            R["prompts"] = {"count": len(prompts), "types": sorted({_jtype(p) for p in prompts})}
-            params = step("merge_pooling_params()", processor.merge_pooling_params)
-            R["pooling_task"] = repr(getattr(params, "task", "<no task attribute>"))
-            if R["has_outputs"]:
-                outputs = step(f"{OUTPUTS_HOOK}(prompts)",
-                               lambda: getattr(processor, OUTPUTS_HOOK)(list(prompts)))
-                outputs = list(outputs)
-                R["outputs"] = {"count": len(outputs),
-                                "types": sorted({type(o).__qualname__ for o in outputs})}
-                result = step(f"post_process(outputs, request_id={REQUEST_ID!r})",
-                              lambda: processor.post_process(outputs, request_id=REQUEST_ID))
-                R["result_type"] = f"{type(result).__module__}.{type(result).__qualname__}"
-                R["result"] = _json_form(result)
-        except BaseException:
-            pass
-
-    # Malformed requests, on a second processor: the round trip may have left state behind.
-    rejections = R["rejections"] = []
-    try:
-        fresh = cls(config, renderer)
-    except BaseException as exc:
-        R["second_construct_error"] = _err(exc)
-        fresh = None
-    for shown, value, jtype in MALFORMED if fresh is not None else ():
-        entry = {"input": shown, "jtype": jtype}
-        try:
-            parsed = fresh.parse_data(value)
-        except BaseException as exc:
-            entry["raised"] = type(exc).__qualname__
-            entry["is_value_error"] = isinstance(exc, ValueError)
-            entry["message"] = str(exc)[:200]
-        else:
-            entry["returned"] = _short(parsed)
-        rejections.append(entry)
-"""
+INACTIVE = "the plugin is inactive on this machine (its function returned None)"
+#: The check that judges the entry function's answer; the class checks need it to pass.
+NAMES_A_CLASS = ("io_processor.returns-qualname",)
+#: The round trip and the malformed requests need a processor that constructed.
+CONSTRUCTED = ("io_processor.constructs",)
 
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers (unit-tested): what an observation means.
 
 
-def answer_problem(answer: dict[str, Any]) -> str | None:
+def answer_problem(answer: Answer) -> str | None:
     """Why the entry function's answer is not None or a dotted class name (None if fine)."""
-    kind = answer["kind"]
-    if kind == "none":
+    if answer.kind == "none":
         return None
-    if kind == "raised":
+    if answer.kind == "raised":
         return (
-            f"it raised {answer['repr']}; vLLM logs WARNING 'Failed to load plugin' and skips "
+            f"it raised {answer.repr}; vLLM logs WARNING 'Failed to load plugin' and skips "
             "the plugin, so a model that needs it cannot start. Return None when the plugin "
             "cannot work here."
         )
-    if kind == "other":
-        if answer.get("is_class"):
+    if answer.kind == "other":
+        if answer.is_class:
             return (
-                f"it returned the class {answer['repr']} itself; return its dotted name "
+                f"it returned the class {answer.repr} itself; return its dotted name "
                 "(f'{cls.__module__}.{cls.__qualname__}'), which vLLM imports."
             )
-        return f"it returned {answer['repr']} (a {answer['type']}), not a str or None."
-    value = answer["value"]
+        return f"it returned {answer.repr} (a {answer.type}), not a str or None."
+    value = answer.value or ""
     if ":" in value:
         return (
             f"it returned {value!r}, the entry-point 'module:Class' form; vLLM splits the name "
@@ -310,8 +119,8 @@ def parse_hint(methods: list[str] | None) -> str:
 
 
 def judged_inputs(
-    rejections: list[dict[str, Any]], sample_type: str | None, sample_size: int | None = None
-) -> list[dict[str, Any]]:
+    rejections: list[Rejection], sample_type: str | None, sample_size: int | None = None
+) -> list[Rejection]:
     """The malformed inputs that say something about this plugin.
 
     `None` is never a request. The others are judged only when they are of another JSON type
@@ -320,28 +129,27 @@ def judged_inputs(
     and `42` are judged.
     """
     if sample_type is None:
-        return [r for r in rejections if r["jtype"] in ("null", "number")]
+        return [r for r in rejections if r.jtype in ("null", "number")]
     empty_object = sample_type == "object" and bool(sample_size)
     return [
         r
         for r in rejections
-        if r["jtype"] in ("null", *(("object",) if empty_object else ()))
-        or r["jtype"] != sample_type
+        if r.jtype in ("null", *(("object",) if empty_object else ())) or r.jtype != sample_type
     ]
 
 
-def rejection_problems(judged: list[dict[str, Any]]) -> list[str]:
+def rejection_problems(judged: list[Rejection]) -> list[str]:
     """One line per distinct way `parse_data` failed to reject malformed inputs with
     ValueError; inputs that failed the same way share a line."""
     outcomes: dict[str, list[str]] = {}
     for entry in judged:
-        if "returned" in entry:
-            outcome = f"returned {entry['returned']}: the input was accepted"
-        elif not entry["is_value_error"]:
-            outcome = f"raised {entry['raised']}: {entry['message']}"
+        if entry.error is None:
+            outcome = f"returned {entry.returned}: the input was accepted"
+        elif not entry.is_value_error:
+            outcome = f"raised {entry.error.headline}"
         else:
             continue
-        outcomes.setdefault(outcome, []).append(f"parse_data({entry['input']})")
+        outcomes.setdefault(outcome, []).append(f"parse_data({entry.input})")
     return [f"{', '.join(calls)} {outcome}" for outcome, calls in outcomes.items()]
 
 
@@ -349,86 +157,65 @@ def rejection_problems(judged: list[dict[str, Any]]) -> list[str]:
 # The shared probes.
 
 
-def io_examine(ctx: CheckContext) -> dict[str, Any]:
-    """Observations of loading and calling the entry point; fails the check if the probe died."""
-    assert ctx.entry_point is not None
-    code = f"import re\nDOTTED = {DOTTED_NAME.pattern!r}\n" + IO_EXAMINE
-    result = ctx.session.memo(f"io_examine {ctx.entry_point.key}", lambda: ctx.probe(code))
-    if not result.ok:
-        fail(f"Loading and calling the entry function in a fresh process {result.describe()}")
-    return result.values
+def _observed(ctx: CheckContext) -> IOProcessorObservation:
+    """The entry point loaded, and called, in a fresh process."""
+    return ctx.observe(observe_io_processor, purpose="that loads and calls the entry function")
 
 
-def _function(ctx: CheckContext) -> dict[str, Any]:
-    """Observations of an entry point that loaded and is callable."""
-    run = io_examine(ctx)
-    if "load_error" in run:
+def _function(ctx: CheckContext) -> IOProcessorObservation:
+    """The observation of an entry point that loaded and is callable."""
+    run = _observed(ctx)
+    if run.load_error is not None:
+        fail_on(run.load_error, "The entry point could not be loaded (see io_processor.loadable):")
+    if run.answer is None:
+        assert run.loaded is not None
         fail(
-            f"The entry point could not be loaded (see io_processor.loadable):\n{run['load_error']}"
-        )
-    if not run["callable"]:
-        fail(
-            f"The entry point resolves to {run['describe']['repr']}, which is not callable; "
+            f"The entry point resolves to {run.loaded.repr}, which is not callable; "
             "vLLM calls it with no arguments to get the processor's class name."
         )
     return run
 
 
-def _class(ctx: CheckContext) -> dict[str, Any]:
-    """Observations of the class the entry function names; skips an inactive plugin."""
+def _class(ctx: CheckContext) -> tuple[str, ProcessorClass]:
+    """The dotted name the entry function returned and the class it names (what
+    io_processor.returns-qualname passed); skips an inactive plugin. Where that check could
+    not judge, this one fails on the same exception, so it is inconclusive the same way."""
     run = _function(ctx)
-    answer = run["answer"]
-    if answer["kind"] == "none":
+    answer = run.answer
+    assert answer is not None
+    if answer.kind == "none":
         skip(INACTIVE)
-    problem = answer_problem(answer)
-    if problem:
-        fail(
-            "There is no processor class to examine (see io_processor.returns-qualname): "
-            f"when called, {problem}"
-        )
-    if "class_error" in run:
-        fail(
-            f"{answer['value']} does not import (see io_processor.returns-qualname):\n"
-            f"{run['class_error']}"
-        )
-    if not run["is_class"]:
-        fail(
-            f"{answer['value']} is {run['class_repr']}, not a class "
-            "(see io_processor.returns-qualname)."
-        )
-    return run
+    see = "(see io_processor.returns-qualname)"
+    if answer.error is not None:
+        fail_on(answer.error, f"The entry function raised {see}:")
+    if run.class_error is not None:
+        fail_on(run.class_error, f"{answer.value!r} does not import {see}:")
+    if answer.value is None or run.cls is None:
+        fail(f"The entry function names no processor class {see}.")
+    return answer.value, run.cls
 
 
-def io_drive(ctx: CheckContext) -> dict[str, Any]:
-    """Observations of constructing the class and taking requests through it."""
-    assert ctx.entry_point is not None
-    examined = _class(ctx)
-    qualname = examined["answer"]["value"]
-    constants = {
-        "QUALNAME": qualname,
-        "REQUEST_ID": REQUEST_ID,
-        "SAMPLE_HOOK": SAMPLE_HOOK,
-        "OUTPUTS_HOOK": OUTPUTS_HOOK,
-    }
-    header = "".join(f"{k} = {json.dumps(v)}\n" for k, v in constants.items())
-    header += f"MALFORMED = {MALFORMED!r}\n"
-    result = ctx.session.memo(
-        f"io_drive {ctx.entry_point.key}", lambda: ctx.probe(header + IO_DRIVE)
+def _drive(ctx: CheckContext, qualname: str) -> IOProcessorDrive:
+    """The class built, selected and driven as the pooling server does."""
+    return ctx.observe(
+        drive_io_processor, qualname=qualname, purpose=f"that builds and drives {qualname}"
     )
-    if not result.ok:
-        fail(f"Constructing and driving {qualname} in a fresh process {result.describe()}")
-    return {**result.values, "examined": examined, "qualname": qualname}
 
 
-def _constructed(ctx: CheckContext) -> dict[str, Any]:
-    """Observations of a processor that constructed."""
-    run = io_drive(ctx)
-    if "construct_error" in run:
-        fail(
-            f"{run['qualname']}(vllm_config, renderer) raised, so there is no processor to "
-            "drive (see io_processor.constructs)."
+def _constructed(ctx: CheckContext, qualname: str) -> IOProcessorDrive:
+    """The drive of a processor that constructed (what io_processor.constructs passed)."""
+    drive = _drive(ctx, qualname)
+    if drive.construct_error is not None:
+        fail_on(
+            drive.construct_error,
+            f"{qualname}(vllm_config, renderer) raised, so there is no processor to drive "
+            "(see io_processor.constructs):",
         )
-    return run
+    return drive
+
+
+def _with_hint(hint: str, head: str) -> str:
+    return f"{hint}\n{head}" if hint else head
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,15 +228,16 @@ def _constructed(ctx: CheckContext) -> dict[str, Any]:
     fix="Make the entry point's module importable with only vLLM and the plugin's declared "
     "dependencies; import heavy or optional libraries inside the processor's module, which "
     "vLLM imports only when a model asks for the plugin.",
+    requires=("package.entry-points-resolve",),
 )
 def check_loadable(ctx: CheckContext) -> None:
     """vLLM loads every installed IO-processor entry point whenever a pooling model asks for
     any IO processor, so one that fails to import is logged and skipped, and a model that
     needs it fails with 'requires the ... IO Processor plugin but it is not installed'. The
     entry point must load in a fresh process."""
-    run = io_examine(ctx)
-    if "load_error" in run:
-        fail(f"Loading {ctx.entry_point.value!r} raised:\n{run['load_error']}")
+    run = _observed(ctx)
+    if run.load_error is not None:
+        fail_on(run.load_error, f"Loading {ctx.ep.value!r} raised:")
 
 
 @check(
@@ -458,6 +246,7 @@ def check_loadable(ctx: CheckContext) -> None:
     fix="Return the processor class's dotted name as a str (e.g. "
     "'my_plugin.processor.MyProcessor'), or None when the plugin cannot work here; never "
     "raise, return the class itself, or use the 'module:Class' form.",
+    requires=("io_processor.loadable",),
 )
 def check_returns_qualname(ctx: CheckContext) -> None:
     """vLLM calls the entry point with no arguments. `None` means the plugin is not available;
@@ -465,22 +254,23 @@ def check_returns_qualname(ctx: CheckContext) -> None:
     called as the processor's class. An exception is logged as a WARNING and the plugin is
     skipped. The returned name must import and name a class."""
     run = _function(ctx)
-    answer = run["answer"]
+    answer = run.answer
+    assert answer is not None
     problem = answer_problem(answer)
     if problem:
-        error = f"\n{answer['error']}" if answer["kind"] == "raised" else ""
-        fail(f"When the entry function was called, {problem}{error}")
-    if answer["kind"] == "none":
+        head = f"When the entry function was called, {problem}"
+        if answer.error is not None:
+            fail_on(answer.error, head)
+        fail(head)
+    if answer.kind == "none":
         return
-    if "class_error" in run:
-        fail(
-            f"The entry function returned {answer['value']!r}, which does not import:\n"
-            f"{run['class_error']}"
+    if run.class_error is not None:
+        fail_on(
+            run.class_error, f"The entry function returned {answer.value!r}, which does not import:"
         )
-    if not run["is_class"]:
+    if run.cls is None:
         fail(
-            f"The entry function returned {answer['value']!r}, which is {run['class_repr']}, "
-            "not a class."
+            f"The entry function returned {answer.value!r}, which is {run.class_repr}, not a class."
         )
 
 
@@ -489,6 +279,7 @@ def check_returns_qualname(ctx: CheckContext) -> None:
     title="the class subclasses vllm.plugins.io_processors.interface.IOProcessor",
     fix="Derive the processor from `vllm.plugins.io_processors.interface.IOProcessor` and "
     "implement `parse_data`, `pre_process` and `post_process`.",
+    requires=NAMES_A_CLASS,
 )
 def check_subclass(ctx: CheckContext) -> None:
     """vLLM's pooling server calls the processor through the IOProcessor interface, including
@@ -496,10 +287,9 @@ def check_subclass(ctx: CheckContext) -> None:
     async `pre_process_async` / `post_process_async`). A duck-typed class works only while it
     re-implements each of them and breaks when vLLM adds one; vLLM's own type checks and
     tools assume the base class."""
-    run = _class(ctx)
-    name = run["answer"]["value"]
-    if not run["is_io"]:
-        fail(f"{name} does not subclass vllm.plugins.io_processors.interface.IOProcessor.")
+    qualname, cls = _class(ctx)
+    if not cls.is_io:
+        fail(f"{qualname} does not subclass vllm.plugins.io_processors.interface.IOProcessor.")
 
 
 @check(
@@ -510,6 +300,7 @@ def check_subclass(ctx: CheckContext) -> None:
     fix="Declare `__init__(self, vllm_config, renderer)` and call "
     "`super().__init__(vllm_config, renderer)`; do no model or network work in the "
     "constructor.",
+    requires=NAMES_A_CLASS,
 )
 def check_constructs(ctx: CheckContext) -> None:
     """vLLM builds the processor in the API server as `cls(vllm_config, renderer)`, two
@@ -517,19 +308,16 @@ def check_constructs(ctx: CheckContext) -> None:
     entry-point name given as `--io-processor-plugin` or `io_processor_plugin` in the model's
     config.json. The class is built directly and then through the engine's
     `get_io_processor(vllm_config, renderer, plugin_from_init=<entry-point name>)`."""
-    run = io_drive(ctx)
-    name = run["qualname"]
-    if "construct_error" in run:
-        hint = init_hint(run["examined"].get("init_params"))
-        fail(
-            f"{name}(vllm_config, renderer) raised:\n{run['construct_error'].rstrip()}\n"
-            f"{hint}".rstrip()
-        )
-    call = f"get_io_processor(vllm_config, renderer, plugin_from_init={ctx.entry_point.name!r})"
-    if "select_error" in run:
-        fail(f"Selecting the plugin by name, {call} raised:\n{run['select_error']}")
-    if not run.get("selected_is_class"):
-        fail(f"{call} returned a {run.get('selected')}, not a {name}.")
+    qualname, cls = _class(ctx)
+    drive = _drive(ctx, qualname)
+    if drive.construct_error is not None:
+        head = f"{qualname}(vllm_config, renderer) raised:"
+        fail_on(drive.construct_error, _with_hint(init_hint(cls.init_params), head))
+    call = f"get_io_processor(vllm_config, renderer, plugin_from_init={ctx.ep.name!r})"
+    if drive.select_error is not None:
+        fail_on(drive.select_error, f"Selecting the plugin by name, {call} raised:")
+    if not drive.selected_is_class:
+        fail(f"{call} returned a {drive.selected}, not a {qualname}.")
 
 
 @check(
@@ -540,6 +328,7 @@ def check_constructs(ctx: CheckContext) -> None:
     fix="Make parse_data, pre_process(prompt=..., request_id=...) and post_process(outputs, "
     "request_id=...) handle a valid request end to end, and return from post_process plain "
     "JSON data (or a pydantic model / dataclass of it).",
+    requires=CONSTRUCTED,
 )
 def check_round_trip(ctx: CheckContext) -> None:
     """The pooling server runs `parse_data(request.data)`, `pre_process(prompt=...,
@@ -550,32 +339,32 @@ def check_round_trip(ctx: CheckContext) -> None:
     `conformance_fake_outputs(prompts)` (one PoolingRequestOutput per prompt). Without the
     first the check is skipped; without the second, it is skipped once parse_data and
     pre_process have run."""
-    run = _constructed(ctx)
-    if not run["has_sample"]:
+    qualname, cls = _class(ctx)
+    drive = _constructed(ctx, qualname)
+    if not drive.has_sample:
         skip(f"the plugin provides no sample request (no {SAMPLE_HOOK}() on its class)")
-    if "step_error" in run:
-        step = run["step_error"]
-        done = run["steps"]
-        before = f"\nCalls that succeeded before it: {', '.join(done)}." if done else ""
-        hint = parse_hint(run["examined"].get("methods")) if "parse_data" in step["call"] else ""
-        hint = f"\n{hint}" if hint else ""
-        fail(f"{step['call']} raised:\n{step['error'].rstrip()}{hint}{before}")
-    if not run["has_outputs"]:
+    step = drive.step_error
+    if step is not None:
+        hint = parse_hint(cls.methods) if "parse_data" in step.call else ""
+        after = f", after {', '.join(drive.steps)} succeeded" if drive.steps else ""
+        fail_on(step.error, _with_hint(hint, f"{step.call} raised{after}:"))
+    if not drive.has_outputs:
         skip(
             f"the plugin provides no sample outputs (no {OUTPUTS_HOOK}(prompts) on its class); "
             "parse_data and pre_process ran, post_process was not exercised"
         )
-    prompts, outputs = run["prompts"]["count"], run["outputs"]["count"]
-    if prompts != outputs:
+    if drive.prompt_count != drive.output_count:
         fail(
-            f"pre_process returned {prompts} prompt(s) but {OUTPUTS_HOOK}(prompts) made "
-            f"{outputs} output(s); the engine returns exactly one output per prompt."
+            f"pre_process returned {drive.prompt_count} prompt(s) but {OUTPUTS_HOOK}(prompts) "
+            f"made {drive.output_count} output(s); the engine returns exactly one output per "
+            "prompt."
         )
-    result = run["result"]
-    if "errors" in result:
+    result = drive.result
+    if result is not None and result.json is None:
+        tried = [f"{t.how}: {t.error.headline}"[:300] for t in result.tried]
         fail(
-            f"post_process returned a {run['result_type']}, which has no JSON form; vLLM sends "
-            "it as the response's `data`. Tried:\n  " + "\n  ".join(result["errors"])
+            f"post_process returned a {drive.result_type}, which has no JSON form; vLLM sends "
+            "it as the response's `data`. Tried:\n  " + "\n  ".join(tried)
         )
 
 
@@ -586,6 +375,7 @@ def check_round_trip(ctx: CheckContext) -> None:
     title="parse_data rejects malformed request data with ValueError",
     fix="Validate the request in parse_data and raise ValueError (a pydantic ValidationError "
     "is one) whose message says what is wrong, for any data of the wrong type or shape.",
+    requires=CONSTRUCTED,
 )
 def check_rejects_bad_input(ctx: CheckContext) -> None:
     """`parse_data` is the first code to see a client's `data`, and vLLM documents that it
@@ -596,16 +386,18 @@ def check_rejects_bad_input(ctx: CheckContext) -> None:
     string are offered to a second instance. Only inputs of another JSON type than the plugin's
     own sample (from `conformance_sample_request()`) are judged, plus `{}` when the sample is
     an object with fields; without a sample only `None` and `42` are."""
-    run = _constructed(ctx)
-    if "second_construct_error" in run:
-        fail(
-            f"{run['qualname']}(vllm_config, renderer) worked once but raised the second time, "
-            f"so no processor was left to take malformed data:\n{run['second_construct_error']}"
+    qualname, cls = _class(ctx)
+    drive = _constructed(ctx, qualname)
+    if drive.second_construct_error is not None:
+        fail_on(
+            drive.second_construct_error,
+            f"{qualname}(vllm_config, renderer) worked once but raised the second time, so no "
+            "processor was left to take malformed data:",
         )
-    judged = judged_inputs(run["rejections"], run.get("sample_type"), run.get("sample_size"))
+    judged = judged_inputs(drive.rejections, drive.sample_type, drive.sample_size)
     problems = rejection_problems(judged)
     if problems:
-        hint = parse_hint(run["examined"].get("methods"))
+        hint = parse_hint(cls.methods)
         fail(
             "Malformed data was not rejected with ValueError:\n  "
             + "\n  ".join(problems)
@@ -616,68 +408,6 @@ def check_rejects_bad_input(ctx: CheckContext) -> None:
 # --------------------------------------------------------------------------------------------
 # Engine run: the sample request through a real engine.
 
-CHECKPOINT_HOOK = "conformance_checkpoint"
-
-IO_ENGINE_RUN = r"""
-import importlib, json, tempfile
-R = probe.result
-
-def _generated(name):
-    # Checkpoints the harness can make, keyed by the IO processor their config.json names.
-    from conformance.fixtures.generators import segmentation
-    if name == segmentation.IO_PROCESSOR_PLUGIN:
-        return str(segmentation.tiny_segmentation())
-    return None
-
-if not ENGINE_MISSING:
-    module, _, attr = QUALNAME.rpartition(".")
-    cls = getattr(importlib.import_module(module), attr)
-    R["has_sample"] = hasattr(cls, SAMPLE_HOOK)
-    R["has_checkpoint_hook"] = hasattr(cls, CHECKPOINT_HOOK)
-    stage = None
-    try:
-        if R["has_sample"]:
-            if R["has_checkpoint_hook"]:
-                stage = f"{CHECKPOINT_HOOK}(workdir)"
-                model = str(getattr(cls, CHECKPOINT_HOOK)(tempfile.mkdtemp(prefix="ckpt-")))
-            else:
-                stage = "generating the checkpoint"
-                model = _generated(EP_NAME)
-            R["model"] = model
-        if R["has_sample"] and R["model"]:
-            from vllm import LLM
-            stage = f"LLM(model=..., io_processor_plugin={EP_NAME!r})"
-            llm = LLM(model=model, io_processor_plugin=EP_NAME, max_num_seqs=2, **SMALL_ENGINE)
-            processor = getattr(llm, "io_processor", None)
-            R["processor"] = None if processor is None else type(processor).__qualname__
-            stage = f"{SAMPLE_HOOK}()"
-            request = getattr(processor if processor is not None else cls, SAMPLE_HOOK)()
-            stage = "LLM.encode(sample, pooling_task='plugin')"
-            outs = llm.encode(request, pooling_task="plugin")
-            R["count"] = len(outs)
-            R["result_type"] = type(outs[0].outputs).__qualname__ if outs else None
-            R["result_none"] = bool(outs) and outs[0].outputs is None
-            shut(llm)
-    except BaseException as exc:
-        R["engine_error"] = {"stage": stage, "error": _err(exc)}
-"""
-
-
-#: What an engine says when it cannot build a checkpoint's model at all: transformers does not
-#: know its `model_type`, or no registered class serves its architecture.
-UNSERVABLE_MODEL = ("does not recognize this architecture", "are not supported for now")
-
-
-def model_unservable(stage: str | None, error: str) -> str | None:
-    """The engine's refusal of the model itself while `LLM(...)` was being built, if that is
-    what `error` is (not an error of the processor, which runs later)."""
-    if not (stage or "").startswith("LLM("):
-        return None
-    for line in error.splitlines():
-        if any(marker in line for marker in UNSERVABLE_MODEL):
-            return line.strip()[:200]
-    return None
-
 
 @check(
     "io_processor.engine-run",
@@ -685,6 +415,7 @@ def model_unservable(stage: str | None, error: str) -> str | None:
     fix="Make pre_process build prompts the model accepts and post_process read the outputs "
     "the engine really returns (`output.outputs.data`: the shape the model's pooler gives), "
     "and check them against a real model, not only hand-made outputs.",
+    requires=("io_processor.round-trip",),
 )
 def check_engine_run(ctx: CheckContext) -> None:
     """Hand-made outputs (`conformance_fake_outputs`) only show that post_process agrees with
@@ -698,50 +429,33 @@ def check_engine_run(ctx: CheckContext) -> None:
     checkpoint's model at all (real vLLM serves image-input pooling models only through its
     multimodal registry, so the fixture's reference-only segmentation model does not load
     there)."""
-    from conformance.checks.general import (
-        ENGINE_RUN_TIMEOUT_S,
-        engine_run_code,
-        skip_if_engine_missing,
+    qualname, _ = _class(ctx)
+    run = ctx.observe(
+        run_io_processor_engine,
+        qualname=qualname,
+        timeout=ENGINE_RUN_TIMEOUT_S,
+        purpose=f"that runs {qualname} in an engine",
     )
-
-    assert ctx.entry_point is not None
-    examined = _class(ctx)
-    qualname = examined["answer"]["value"]
-    constants = {
-        "QUALNAME": qualname,
-        "SAMPLE_HOOK": SAMPLE_HOOK,
-        "CHECKPOINT_HOOK": CHECKPOINT_HOOK,
-    }
-    header = "".join(f"{k} = {json.dumps(v)}\n" for k, v in constants.items())
-    result = ctx.session.memo(
-        f"io_engine_run {ctx.entry_point.key}",
-        lambda: ctx.probe(engine_run_code(header + IO_ENGINE_RUN), timeout=ENGINE_RUN_TIMEOUT_S),
-    )
-    if not result.ok:
-        fail(f"Running {qualname} in an engine in a fresh process {result.describe()}")
-    run = result.values
-    skip_if_engine_missing(run)
-    if "engine_error" in run:
-        error = run["engine_error"]
-        unservable = model_unservable(error["stage"], error["error"])
-        if unservable:
-            skip(
-                f"this engine cannot build the checkpoint's model ({unservable}), so no request "
-                "can reach the processor here; the processor was judged without a model "
-                "(io_processor.round-trip). Give `conformance_checkpoint(workdir)` a checkpoint "
-                "whose architecture this engine serves."
-            )
-        fail(f"{error['stage']} raised:\n{error['error'].rstrip()}")
-    if not run["has_sample"]:
+    skip_if_engine_missing(run.missing)
+    if run.error is not None:
+        fail_on(run.error, f"{run.stage} raised:")
+    if not run.has_sample:
         skip(f"the plugin provides no sample request (no {SAMPLE_HOOK}() on its class)")
-    if not run.get("model"):
+    if run.model is None:
         skip(
             f"no checkpoint for the model the plugin feeds: the harness generates none that "
-            f"names {ctx.entry_point.name!r}, and the class has no {CHECKPOINT_HOOK}(workdir)"
+            f"names {ctx.ep.name!r}, and the class has no {CHECKPOINT_HOOK}(workdir)"
         )
-    if run["count"] != 1 or run["result_none"]:
+    if run.unservable is not None:
+        skip(
+            f"this engine cannot build the checkpoint's model ({run.unservable}), so no request "
+            "can reach the processor here; the processor was judged without a model "
+            "(io_processor.round-trip). Give `conformance_checkpoint(workdir)` a checkpoint "
+            "whose architecture this engine serves."
+        )
+    if run.count != 1 or run.result_none:
         fail(
-            f"encode(sample, pooling_task='plugin') returned {run['count']} output(s) "
-            f"(result {run['result_type']}); the engine returns one output holding "
+            f"encode(sample, pooling_task='plugin') returned {run.count} output(s) "
+            f"(result {run.result_type}); the engine returns one output holding "
             "post_process's result."
         )
