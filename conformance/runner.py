@@ -169,11 +169,13 @@ def _prerequisite_item(item: Planned, required: Check) -> Planned:
 
 
 def _blocker(session: Session, item: Planned) -> CheckResult | None:
-    """The first prerequisite of `item` that did not pass (computing it if needed)."""
+    """The first prerequisite of `item` that did not pass (computing it if needed): one that
+    failed, errored or was blocked blocks `item`; one that was inconclusive makes it
+    inconclusive too (it cannot judge what its prerequisite could not)."""
     catalog = load_catalog()
     for required_id in item.check.requires:
         result = outcome(session, _prerequisite_item(item, catalog[required_id]))
-        if result.status not in ("failed", "error", "blocked"):
+        if result.status not in ("failed", "error", "blocked", "inconclusive"):
             continue
         concerns = result.entry_points
         if item.entry_point is not None and concerns and item.entry_point.key not in concerns:
@@ -192,7 +194,11 @@ def outcome(session: Session, item: Planned) -> CheckResult:
     owner = blocked_by = None
     concerns: tuple[str, ...] = ()
     blocker = _blocker(session, item)
-    if blocker is not None:
+    if blocker is not None and blocker.status == "inconclusive":
+        status = "inconclusive"
+        cause = blocker.message.removeprefix("inconclusive: ")
+        message = f"inconclusive: it needs {blocker.id}, which could not judge here: {cause}"
+    elif blocker is not None:
         status = "blocked"
         blocked_by = blocker.blocked_by or blocker.id
         owner = blocker.owner

@@ -12,15 +12,12 @@ import importlib.util
 
 import pytest
 
-from conformance.checks import load_catalog
-from conformance.checks.general import (
-    ENGINE_RUN_DEPS,
-    engine_run_code,
-    run_problem,
-    skip_if_engine_missing,
-)
+from conformance.checks.general import run_problem, skip_if_engine_missing
 from conformance.checks.platform import platform_worker_env
 from conformance.context import CheckContext, Session
+from conformance.framework import load_catalog
+from conformance.probes.engine_run import ENGINE_RUN_DEPS
+from conformance.probes.general import ModelRun
 from conformance.runner import CheckResult, plan, run_planned
 from conformance.target import EntryPointInfo, Target, resolve_target
 
@@ -34,7 +31,7 @@ ENGINE_RUN = [
 #: What each mutant's failure message must show, beyond the fix hint.
 OBSERVED = {
     "general.models-run": "MyTrimmedLlamaForCausalLM (llama family): LLM.generate(2 prompts",
-    "stat_logger.engine-run": "'SchedulerStats' object has no attribute 'gpu_cache_usage'",
+    "stat_logger.engine-run": "asyncio.run() cannot be called from a running event loop",
     "io_processor.engine-run": "cannot reshape array of size 128 into shape (16,16)",
     "logits.engine-run": "doesn't match the broadcast shape",
     "platform.worker-runs": "KeyError: 'PINNED_CPU_CORES'",
@@ -111,33 +108,25 @@ def test_models_run_skip_names_the_architectures_no_family_fits():
 
 
 def test_run_problem_judges_generate_and_encode_runs():
-    ok = {"family": "opt", "task": "generate", "outputs": [[0, 0], [0, 0]], "vocab": 260}
+    ok = ModelRun(family="opt", task="generate", outputs=[[0, 0], [0, 0]], vocab=260)
     assert run_problem("A", ok) is None
-    short = {**ok, "outputs": [[0], [0, 0]]}
+    short = ModelRun(family="opt", task="generate", outputs=[[0], [0, 0]], vocab=260)
     assert "asked for 2 tokens and produced [0]" in run_problem("A", short)
-    outside = {**ok, "outputs": [[0, 999], [0, 0]]}
+    outside = ModelRun(family="opt", task="generate", outputs=[[0, 999], [0, 0]], vocab=260)
     assert "outside 0..259" in run_problem("A", outside)
-    assert run_problem("E", {"family": "llama", "task": "encode", "outputs": [True, True]}) is None
-    assert "without data" in run_problem(
-        "E", {"family": "llama", "task": "encode", "outputs": [True, False]}
-    )
-    assert run_problem("X", {"family": None, "mro": ["x.X"]}) is None
-    error = {"family": "gpt2", "error": {"stage": "building LLM(model=...)", "error": "E: boom\n"}}
-    assert run_problem("G", error) == "G (gpt2 family): building LLM(model=...) raised:\nE: boom"
+    encoded = ModelRun(family="llama", task="encode", outputs=[True, True])
+    assert run_problem("E", encoded) is None
+    empty = ModelRun(family="llama", task="encode", outputs=[True, False])
+    assert "without data" in run_problem("E", empty)
+    assert run_problem("X", ModelRun(family=None, mro=["x.X"])) is None
 
 
 def test_missing_dependencies_are_a_capability_skip():
-    from conformance.checks import CapabilitySkip
+    from conformance.framework import CapabilitySkip
 
-    skip_if_engine_missing({"missing": []})
+    skip_if_engine_missing([])
     with pytest.raises(CapabilitySkip, match="torch, transformers not installed here"):
-        skip_if_engine_missing({"missing": ["torch", "transformers"]})
-
-
-def test_engine_run_code_defines_the_dependency_list_first():
-    code = engine_run_code("probe.result['x'] = 1\n")
-    assert code.startswith(f"ENGINE_RUN_DEPS = {ENGINE_RUN_DEPS!r}\n")
-    assert "def tiny_checkpoint(" in code and code.endswith("probe.result['x'] = 1\n")
+        skip_if_engine_missing(["torch", "transformers"])
 
 
 def test_the_platform_run_admits_the_platform_and_the_distributions_general_plugins():
@@ -154,23 +143,42 @@ def test_the_platform_run_admits_the_platform_and_the_distributions_general_plug
 
 def test_run_problem_catches_hidden_states_of_the_wrong_width_even_when_tokens_came_out():
     # Real vLLM's CPU GEMM multiplies mismatched shapes without complaint: tokens come out.
-    ran = {"family": "llama", "task": "generate", "outputs": [[163, 72], [0, 206]], "vocab": 260}
-    wrong = {**ran, "hidden": 128, "shapes": [[6, 64]]}
-    assert "shape [6, 64]" in run_problem("T", wrong)
-    assert "[num_tokens, 128]" in run_problem("T", wrong)
-    assert run_problem("T", {**ran, "hidden": 128, "shapes": [[6, 128], [1, 128]]}) is None
+    def ran(shapes: list[list[int]]) -> ModelRun:
+        outputs = [[163, 72], [0, 206]]
+        return ModelRun(
+            family="llama", task="generate", outputs=outputs, vocab=260, hidden=128, shapes=shapes
+        )
+
+    assert "shape [6, 64]" in run_problem("T", ran([[6, 64]]))
+    assert "[num_tokens, 128]" in run_problem("T", ran([[6, 64]]))
+    assert run_problem("T", ran([[6, 128], [1, 128]])) is None
 
 
-def test_an_engine_that_cannot_build_the_model_is_told_apart_from_a_processor_error():
-    from conformance.checks.io_processor import model_unservable
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"architectures": ["NoSuchArchForSure"], "model_type": "x"}, "['NoSuchArchForSure']"),
+        ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, None),
+        (None, None),  # no config.json: building LLM says what is wrong, as with any error
+    ],
+)
+def test_an_engine_that_cannot_build_the_model_is_told_apart_from_a_processor_error(
+    tmp_path, config, reason
+):
+    # Judged before LLM(...) is built, from the checkpoint's config.json and the engine's
+    # registry: a refusal of the model itself is a capability skip, not the processor's fault.
+    import json
 
-    refusal = (
-        "ValidationError: 1 validation error for ModelConfig\n  Value error, The checkpoint you "
-        "are trying to load has model type `x` but Transformers does not recognize this "
-        "architecture."
+    from conformance.probe import run_probe
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = run_probe(
+        call="conformance.probes.io_processor:unservable", args={"model": str(tmp_path)}
     )
-    stage = "LLM(model=..., io_processor_plugin='p')"
-    assert "does not recognize this architecture" in model_unservable(stage, refusal)
-    # Later stages run the processor: their errors are the plugin's.
-    assert model_unservable("LLM.encode(sample, pooling_task='plugin')", refusal) is None
-    assert model_unservable(stage, "ValueError: bad pixel_values") is None
+    assert result.ok, result.describe()
+    if reason is None:
+        assert result.observation is None
+    else:
+        assert "no registered model class serves its architectures" in result.observation
+        assert reason in result.observation
