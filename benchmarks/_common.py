@@ -1,4 +1,5 @@
-"""What every benchmark script shares: the machine note, the JSON result and the PNG plot.
+"""What every benchmark script shares: the machine note, the measured child processes, the JSON
+result and the PNG plot.
 
 Each script writes `benchmarks/results/<name>.json` and `docs/img/<name>.png`. matplotlib is
 optional: without it the script still measures, prints and writes JSON,
@@ -19,6 +20,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 IMG = ROOT / "docs" / "img"
+#: The modules that run in a measured child process (`python benchmarks/runners/NAME.py ...`).
+RUNNERS = ROOT / "benchmarks" / "runners"
+#: A runner prints its measurement as one line with this prefix, last. The runners spell it out
+#: rather than import this module: `engine_process` also runs in vLLM's own virtualenv.
+RESULT_PREFIX = "BENCH-RESULT "
+
+#: The environment of a real vLLM child: offline, a small CPU KV cache, no usage reports.
+VLLM_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
 
 
 def machine() -> dict[str, Any]:
@@ -30,6 +45,17 @@ def machine() -> dict[str, Any]:
         "loadavg": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def runner_command(python: str, name: str, *args: str) -> list[str]:
+    """The command that runs `benchmarks/runners/<name>.py` with `args` in `python`."""
+    return [python, str(RUNNERS / f"{name}.py"), *args]
+
+
+def runner_result(stdout: str) -> dict[str, Any] | None:
+    """The JSON of the last `RESULT_PREFIX` line a runner printed (None if it printed none)."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    return json.loads(lines[-1][len(RESULT_PREFIX) :]) if lines else None
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:

@@ -55,86 +55,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import IMG, RESULTS, ROOT, machine, markdown_table, save_plot, write_json
+from _common import (
+    IMG,
+    RESULTS,
+    ROOT,
+    VLLM_ENV,
+    machine,
+    markdown_table,
+    runner_command,
+    runner_result,
+    save_plot,
+    write_json,
+)
 
 #: The checks that start an engine and run a model: the long pole of a certification.
 ENGINE_RUN_CHECKS = ("*.engine-run", "general.models-run", "platform.worker-runs")
-
-VLLM_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
-
-# A reference probe doing what an engine-run check does (general.models-run and
-# platform.worker-runs build this LLM), phase by phase: where its 10-15 s go.
-PHASES = r"""
-import time
-t0 = time.perf_counter()
-import torch
-t1 = time.perf_counter()
-import transformers
-from transformers import AutoConfig, AutoTokenizer
-t2 = time.perf_counter()
-from vllm import LLM, SamplingParams
-from conformance.fixtures.generators.checkpoint import tiny_checkpoint
-path = str(tiny_checkpoint("llama"))
-t3 = time.perf_counter()
-llm = LLM(model=path, max_num_seqs=2, max_model_len=128, distributed_executor_backend="uni",
-          kv_cache_memory_bytes=64 << 20)
-t4 = time.perf_counter()
-llm.generate(["Hello", "abc"], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
-t5 = time.perf_counter()
-llm.shutdown()
-probe.result.update({"import_torch_s": t1 - t0, "import_transformers_s": t2 - t1,
-                     "llm_init_s": t4 - t3, "generate_s": t5 - t4})
-"""
-
-# Runs in the reference interpreter: one certification in-process, every probe timed.
-PROFILER = r"""
-import json, statistics, sys, time
-PHASES = __PHASES__
-import conformance.context as context
-import conformance.runner as runner
-from conformance.target import resolve_target
-
-current = {"check": None}
-probes = []
-plain_probe = context.run_probe
-
-def timed_probe(code, **kwargs):
-    result = plain_probe(code, **kwargs)
-    probes.append({"check": current["check"], "wall_s": result.wall_s,
-                   "code_s": result.code_s, "status": result.status})
-    return result
-
-plain_run = runner.run_planned
-
-def run_planned(session, item, expected_failures=None):
-    current["check"] = item.check.id
-    return plain_run(session, item, expected_failures)
-
-context.run_probe = timed_probe
-runner.run_planned = run_planned
-started = time.perf_counter()
-results = runner.run_checks(resolve_target(sys.argv[1]), "reference")
-out = {"run_s": time.perf_counter() - started, "probes": probes,
-       "checks": [{"id": r.id, "status": r.status, "duration_s": r.duration_s} for r in results]}
-if sys.argv[2:] == ["floors"]:
-    floors = {}
-    for name, code in (("empty", "pass"), ("engine-run phases", PHASES)):
-        runs = [plain_probe(code, engine="reference", timeout=600) for _ in range(3)]
-        floor = {"wall_s": statistics.median(r.wall_s for r in runs),
-                 "code_s": statistics.median(r.code_s or 0.0 for r in runs),
-                 "status": [r.status for r in runs]}
-        for key in runs[0].values:
-            floor[key] = statistics.median(r.values.get(key, 0.0) for r in runs)
-        floors[name] = floor
-    out["floors"] = floors
-print("BENCH-RESULT " + json.dumps(out))
-"""
 
 
 def is_engine_run(check_id: str) -> bool:
@@ -213,11 +148,12 @@ def certify(python: str, engine: str, fixture: str, timeout: int) -> dict[str, A
 
 
 def profile(fixture: str, floors: bool, timeout: int) -> dict[str, Any]:
-    """One in-process reference certification with every probe timed (see PROFILER)."""
+    """One in-process reference certification with every probe timed, and with `floors` the
+    probe floors (see `runners/certify_profile.py`)."""
     workdir = tempfile.mkdtemp(prefix="bench-certify-")
     try:
-        code = PROFILER.replace("__PHASES__", repr(PHASES))
-        cmd = [sys.executable, "-c", code, fixture, *(["floors"] if floors else [])]
+        args = [fixture, *(["floors"] if floors else [])]
+        cmd = runner_command(sys.executable, "certify_profile", *args)
         proc = subprocess.run(
             cmd,
             cwd=workdir,
@@ -228,10 +164,10 @@ def profile(fixture: str, floors: bool, timeout: int) -> dict[str, Any]:
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    if proc.returncode != 0 or not lines:
+    result = runner_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         raise RuntimeError(f"profiling {fixture} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(lines[-1][len("BENCH-RESULT ") :])
+    return result
 
 
 def pytest_run(fixture: str, workers: int, timeout: int) -> dict[str, Any]:

@@ -47,9 +47,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_JSON = ROOT / "benchmarks" / "results" / "engine.json"
-DEFAULT_PNG = ROOT / "docs" / "img" / "engine.png"
+from _common import (
+    IMG,
+    RESULT_PREFIX,
+    RESULTS,
+    ROOT,
+    VLLM_ENV,
+    runner_command,
+    runner_result,
+    save_plot,
+)
+
+DEFAULT_JSON = RESULTS / "engine.json"
+DEFAULT_PNG = IMG / "engine.png"
 
 PROMPTS = [
     "The quick brown fox",
@@ -81,113 +91,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "vllm": {"mount": False, "kwargs": {"enforce_eager": True}},
 }
 
-VLLM_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
-
-# Runs in the measured interpreter; it prints one JSON line last. Only the standard library
-# and the engine under test are imported, so it works in the vLLM virtualenv too.
-RUNNER = r"""
-import gc, json, resource, sys, time
-cfg = json.loads(sys.argv[1])
-t_start = time.perf_counter()
-if cfg["mount"]:
-    from reference.surface import mount
-    mount()
-from vllm import LLM, SamplingParams
-t_import = time.perf_counter() - t_start
-
-
-def descendant_hwm():
-    # {pid: (name, VmHWM KiB)} of the live descendants (Linux /proc; empty elsewhere).
-    import os
-    parents, info = {}, {}
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                fields = dict(ln.split(":", 1) for ln in f if ":" in ln)
-        except OSError:
-            continue
-        parents[pid] = int(fields.get("PPid", "0"))
-        hwm = fields.get("VmHWM", "0 kB").split()[0]
-        info[pid] = (fields.get("Name", "?").strip(), int(hwm))
-    mine, frontier = {}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in mine:
-                mine[pid] = info[pid]
-                frontier.append(pid)
-    return mine
-
-
-def greedy(n):
-    return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-
-
-def run(prompts, n):
-    t0 = time.perf_counter()
-    outs = llm.generate(prompts, greedy(n), use_tqdm=False)
-    dt = time.perf_counter() - t0
-    ids = [list(o.outputs[0].token_ids) for o in outs]
-    return dt, ids, [list(o.prompt_token_ids) for o in outs]
-
-
-if __name__ == "__main__":
-    t0 = time.perf_counter()
-    llm = LLM(model=cfg["model"], **cfg["kwargs"])
-    t_init = time.perf_counter() - t0
-    _, first_ids, _ = run(cfg["prompts"][:1], 1)
-    ttfo = time.perf_counter() - t0
-    n = cfg["max_tokens"]
-    single_s, single_ids, _ = run(cfg["prompts"][:1], n)
-    batch_s, batch_ids, prompt_ids = run(cfg["prompts"], n)
-    descendants = descendant_hwm()
-    # Shut the engine down so worker / engine-core processes are reaped and their peak RSS
-    # shows up in RUSAGE_CHILDREN.
-    # (vLLM 0.32's LLM has no shutdown(); its engine-core client has.)
-    shutdown = getattr(llm, "shutdown", None)
-    if shutdown is None:
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        shutdown = getattr(core, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    del llm
-    gc.collect()
-    time.sleep(0.5)
-    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = {
-        "import_s": t_import,
-        "init_s": t_init,
-        "ttfo_s": ttfo,
-        "single_s": single_s,
-        "single_tokens": sum(map(len, single_ids)),
-        "batch_s": batch_s,
-        "batch_tokens": sum(map(len, batch_ids)),
-        "peak_rss_self_kib": self_kib,
-        "peak_rss_children_kib": child_kib,
-        "descendants_hwm_kib": descendants,
-        "peak_rss_tree_sum_kib": self_kib + sum(h for _, h in descendants.values()),
-        "first_ids": first_ids,
-        "single_ids": single_ids,
-        "batch_ids": batch_ids,
-        "prompt_ids": prompt_ids,
-    }
-    print("BENCH-RESULT " + json.dumps(result), flush=True)
-    sys.stdout.flush()
-    import os
-    os._exit(0)
-"""
-
 
 def engine_version(python: str, mount: bool) -> str:
     code = (
@@ -203,27 +106,17 @@ def engine_version(python: str, mount: bool) -> str:
         return "?"
 
 
-FLOOR = r"""
-import json, resource, time
-t0 = time.perf_counter()
-import torch
-t1 = time.perf_counter()
-import transformers, tokenizers
-from transformers import AutoTokenizer
-t2 = time.perf_counter()
-print("BENCH-RESULT " + json.dumps({"torch_s": t1 - t0, "transformers_s": t2 - t1,
-      "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-      "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-"""
-
-
 def import_floor(python: str) -> dict[str, Any]:
     """Seconds to import torch, then transformers, in a fresh `python` (the start-up floor)."""
     proc = subprocess.run(
-        [python, "-c", FLOOR], cwd="/tmp", capture_output=True, text=True, timeout=300
+        runner_command(python, "import_floor"),
+        cwd="/tmp",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    return json.loads(lines[-1][len("BENCH-RESULT ") :]) if lines else {"error": proc.stderr[-500:]}
+    result = runner_result(proc.stdout)
+    return result if result is not None else {"error": proc.stderr[-500:]}
 
 
 def measure(
@@ -247,7 +140,7 @@ def measure(
     env.update(spec.get("env", {}))
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [python, "-c", RUNNER, json.dumps(cfg)],
+        runner_command(python, "engine_process", json.dumps(cfg)),
         env=env,
         cwd="/tmp",
         capture_output=True,
@@ -255,17 +148,16 @@ def measure(
         timeout=timeout,
     )
     wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    if proc.returncode != 0 or not lines:
+    result = runner_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"{variant} run failed (rc={proc.returncode}):\n{tail}")
-    result = json.loads(lines[-1][len("BENCH-RESULT ") :])
     result["process_wall_s"] = wall
     # The engine's own timing lines (vLLM logs "... took N seconds" per start-up phase).
     result["log_timings"] = [
         ln.strip()[-200:]
         for ln in (proc.stdout + proc.stderr).splitlines()
-        if not ln.startswith("BENCH-RESULT ") and (" took " in ln or "seconds" in ln)
+        if not ln.startswith(RESULT_PREFIX) and (" took " in ln or "seconds" in ln)
     ][:20]
     return result
 
@@ -334,9 +226,6 @@ def print_table(rows: dict[str, dict[str, float]], versions: dict[str, str]) -> 
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Start-up, throughput and memory per engine: medians as bars, every process as a dot."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import save_plot
-
     samples: dict[str, list[dict[str, Any]]] = report["samples"]
     engines = [e for e in samples if samples[e]]
     colors = {

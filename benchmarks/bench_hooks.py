@@ -46,7 +46,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import IMG, RESULTS, ROOT, machine, markdown_table, save_plot, write_json
+from _common import (
+    IMG,
+    RESULTS,
+    ROOT,
+    machine,
+    markdown_table,
+    runner_command,
+    runner_result,
+    save_plot,
+    write_json,
+)
 
 # The same eight prompts as the engine benchmark (d), so that the runs compare.
 from bench_engine import PROMPTS
@@ -82,198 +92,6 @@ MODES: dict[str, dict[str, Any]] = {
 #: Plugin methods that run during steps (wrapped to time the plugin's own code).
 HOOK_METHODS = ("apply", "apply_staged_writes", "add_request", "update_state", "record")
 
-# Runs in the measured interpreter and prints one JSON line last. It builds the baseline
-# engine, then makes the plugin visible (overlay on sys.path, or the FQCN) and builds the
-# plugin engine. Both engines then get the same requests and are stepped alternately, one
-# step each (the order flips every step), so step k of one engine is timed within
-# milliseconds of step k of the other and a burst of load hits both alike. `AsyncLLM`s run
-# concurrently in one event loop, where their engine loops take turns by themselves.
-RUNNER = r"""
-import asyncio, gc, importlib, json, random, sys, time
-cfg = json.loads(sys.argv[1])
-from reference.surface import mount
-mount()
-import torch
-random.seed(0)
-torch.manual_seed(0)
-import reference.engine.model_runner as model_runner
-from reference.engine.core import EngineCore
-from reference.metrics import StatLoggerManager
-
-cell = {"hook": 0.0, "sample": 0.0}
-
-
-def timed(fn, key):
-    def wrapper(*args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            cell[key] += time.perf_counter() - t
-    return wrapper
-
-
-# The sampling stage: logprobs, the logits processors' apply, greedy / random sampling.
-model_runner.sample = timed(model_runner.sample, "sample")
-
-from vllm import SamplingParams
-
-kwargs = dict(cfg["common"])
-prompts = cfg["prompts"]
-
-
-def params(workload):
-    extra = {"target_token": cfg["target"]} if workload == "active" else None
-    return SamplingParams(
-        temperature=0.0, max_tokens=cfg["max_tokens"], ignore_eos=True, extra_args=extra
-    )
-
-
-def make_plugin_visible():
-    if cfg.get("overlay_path"):
-        sys.path.insert(0, cfg["overlay_path"])
-        from reference.logits.loader import clear_caches
-        from reference.plugins import clear_discovery_cache
-        clear_caches()
-        clear_discovery_cache()
-    for target in cfg.get("hooks", []):
-        module, _, qualname = target.partition(":")
-        cls = getattr(importlib.import_module(module), qualname)
-        for name in cfg["hook_methods"]:
-            if name in vars(cls):
-                setattr(cls, name, timed(vars(cls)[name], "hook"))
-
-
-steps = []  # one entry per timed step: side, workload, round, k, seconds, hook, sample
-forced = {}
-
-
-def order(k):
-    return ("base", "plugin") if k % 2 == 0 else ("plugin", "base")
-
-
-if cfg["engine"] == "llm":
-    from vllm import LLM
-
-    engines = {"base": LLM(model=cfg["model"], **kwargs)}
-    make_plugin_visible()
-    engines["plugin"] = LLM(model=cfg["model"], **kwargs, **cfg.get("plugin_kwargs", {}))
-
-    def submit(llm, workload):
-        # LLM.generate builds and validates the requests, then calls _run: take them there.
-        taken = []
-        def take(requests):
-            for request in requests:
-                llm.engine_core.add_request(request)
-            taken.extend(requests)
-        llm._run = take
-        try:
-            llm.generate(prompts, params(workload))
-        finally:
-            del llm._run
-        return taken
-
-    def interleaved(workload, rnd, record):
-        reqs = {side: submit(engines[side], workload) for side in engines}
-        gc.collect()
-        k = 0
-        while any(not r.finished for rs in reqs.values() for r in rs):
-            for side in order(k):
-                if all(r.finished for r in reqs[side]):
-                    continue
-                cell["hook"] = cell["sample"] = 0.0
-                t = time.perf_counter()
-                engines[side].engine_core.step()
-                dt = time.perf_counter() - t
-                if record:
-                    steps.append([side, workload, rnd, k, dt, cell["hook"], cell["sample"]])
-            k += 1
-        for side, rs in reqs.items():
-            forced.setdefault(f"{side} {workload}", []).append(
-                all(t == cfg["target"] for r in rs for t in r.output_token_ids))
-
-    for w in cfg["workloads"]:
-        interleaved(w, -1, record=False)  # warm-up
-    for rnd in range(cfg["rounds"]):
-        for w in cfg["workloads"]:
-            interleaved(w, rnd, record=True)
-    info = {"use_v2_model_runner": engines["plugin"].vllm_config.use_v2_model_runner}
-    for e in engines.values():
-        e.shutdown()
-else:
-    from vllm import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    def build():
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=cfg["model"], **kwargs))
-
-    engines = {"base": build()}
-    make_plugin_visible()
-    engines["plugin"] = build()
-    side_of = {}
-    for side, e in engines.items():
-        side_of[id(e.engine_core)] = side
-        side_of[id(e.logger_manager)] = side
-    # One engine-loop turn: from the start of core.step() to the end of logger_manager.record
-    # (no await in between, so the other engine's loop cannot run inside it).
-    turn = {}
-    state = {"round": -1, "k": {"base": 0, "plugin": 0}}
-    step_fn, record_fn = EngineCore.step, StatLoggerManager.record
-
-    def step(self):
-        cell["hook"] = 0.0
-        turn[side_of[id(self)]] = time.perf_counter()
-        return step_fn(self)
-
-    def record(self, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return record_fn(self, *args, **kwargs)
-        finally:
-            end = time.perf_counter()
-            side = side_of[id(self)]
-            k = state["k"][side]
-            state["k"][side] = k + 1
-            if state["round"] >= 0:
-                steps.append([side, "default", state["round"], k, end - turn[side],
-                              cell["hook"], end - t])
-
-    EngineCore.step = step
-    StatLoggerManager.record = record
-
-    async def batch(side, tag):
-        async def one(i, prompt):
-            last = None
-            async for out in engines[side].generate(prompt, params("default"),
-                                                     request_id=f"{tag}-{i}"):
-                last = out
-            return list(last.outputs[0].token_ids)
-        return await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-
-    async def both(rnd):
-        state["round"] = rnd
-        state["k"] = {"base": 0, "plugin": 0}
-        gc.collect()
-        # Flip which engine's loop starts first every round: the first of the two loops to
-        # run may be favoured (caches, the consumers' wake-ups), and that must cancel out.
-        sides = list(engines) if rnd % 2 == 0 else list(engines)[::-1]
-        await asyncio.gather(*(batch(side, f"{side}-{rnd}") for side in sides))
-
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(both(-1))  # warm-up
-    for rnd in range(cfg["rounds"]):
-        loop.run_until_complete(both(rnd))
-    info = {
-        side: [type(getattr(s, "per_engine_stat_loggers", {0: s})[0]).__name__
-               for s in e.logger_manager.stat_loggers]
-        for side, e in engines.items()
-    }
-    for e in engines.values():
-        e.shutdown()
-
-print("BENCH-RESULT " + json.dumps({"steps": steps, "forced": forced, "info": info}))
-"""
-
 
 def measure(mode: str, shared: dict[str, Any], overlay_root: Path) -> dict[str, Any]:
     """One fresh process for `mode`: baseline and plugin engines, alternating rounds."""
@@ -291,18 +109,18 @@ def measure(mode: str, shared: dict[str, Any], overlay_root: Path) -> dict[str, 
     env.update({"PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     env.update(spec.get("env", {}))
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, json.dumps(cfg)],
+        runner_command(sys.executable, "hooks_process", json.dumps(cfg)),
         env=env,
         cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
-    if proc.returncode != 0 or not lines:
+    result = runner_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"mode {mode} failed (rc={proc.returncode}):\n{tail}")
-    return json.loads(lines[-1][len("BENCH-RESULT ") :])
+    return result
 
 
 def median_ci(values: list[float]) -> tuple[float, float]:
