@@ -7,15 +7,19 @@ import textwrap
 
 import pytest
 
-from conformance.checks import load_catalog
+from conformance.framework import load_catalog
 from conformance.overlay import Overlay, fixture_names, fixtures_root
 from conformance.runner import CheckResult
 from conformance.target import EntryPointInfo, Target, resolve_target
-from tests.conftest import run_check_group
+from tests.conftest import assert_mutant_fails, run_check_group
 
 GROUP = "lora_resolver"
 GENERAL = "vllm.general_plugins"
-CHECKS = ["lora_resolver.async", "lora_resolver.no-path-escape", "lora_resolver.unknown-is-none"]
+CHECKS = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
+#: Every mutant of the group: fixtures/mutants/lora_resolver.<check>, named after its check.
+MUTANTS = sorted(
+    p.name for p in (fixtures_root() / "mutants").iterdir() if p.name.startswith(GROUP + ".")
+)
 #: What each mutant's failure message must show, beyond the fix hint.
 OBSERVED = {
     "lora_resolver.async": "resolve_lora is not an `async def`",
@@ -33,8 +37,8 @@ def conformance_setup(workdir: str) -> None:
 '''
 
 
-def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
-    return run_check_group(target, group)
+def run_group(target: Target, groups: tuple[str, ...] = (GROUP,)) -> dict[str, CheckResult]:
+    return run_check_group(target, groups)
 
 
 def inline_target(name: str, source: str) -> Target:
@@ -55,21 +59,15 @@ def assert_all_pass(results: dict[str, CheckResult]) -> None:
 
 
 def test_every_lora_resolver_check_has_a_mutant():
-    ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
-    assert ids == CHECKS
-    assert all((fixtures_root() / "mutants" / i).is_dir() for i in ids)
+    assert CHECKS == MUTANTS, "each lora_resolver check needs a mutant named after it"
+    assert sorted(OBSERVED) == MUTANTS, "each mutant says what its failure must show"
 
 
-@pytest.mark.parametrize("check_id", CHECKS)
+@pytest.mark.parametrize("check_id", MUTANTS)
 def test_the_mutant_fails_its_check_and_only_it(check_id):
-    results = run_group(resolve_target(check_id))
-    result = results[check_id]
-    assert result.status == "failed", f"{check_id} should fail on its mutant: {result.message}"
-    assert result.message.startswith(f"[{check_id}]")
-    assert OBSERVED[check_id] in result.message, "the message shows what was observed"
-    assert "\nFix: " in result.message, "the message ends with the check's fix hint"
-    others = {k: r.status for k, r in results.items() if k != check_id}
-    assert set(others.values()) == {"passed"}, f"the mutant is otherwise a good resolver: {others}"
+    results = run_group(resolve_target(check_id), (GROUP, "package"))
+    assert set(CHECKS) <= set(results), "every lora_resolver check judged the mutant"
+    assert_mutant_fails(results, check_id, OBSERVED[check_id], set())
 
 
 def test_the_escape_mutant_is_caught_by_every_kind_of_name():
@@ -134,7 +132,7 @@ def test_a_plugin_without_a_resolver_is_told_about_the_hook():
     )
 
 
-def test_a_raising_setup_hook_fails_the_checks_and_says_so():
+def test_a_raising_setup_hook_fails_the_async_check_and_blocks_the_rest():
     results = run_group(
         inline_target(
             "bad_hook",
@@ -147,10 +145,26 @@ def test_a_raising_setup_hook_fails_the_checks_and_says_so():
             """,
         )
     )
-    for result in results.values():
-        assert result.status == "failed"
-        assert "conformance_setup(workdir) hook raised" in result.message
-        assert "RuntimeError: no adapters here" in result.message
+    assert sorted(results) == CHECKS
+    first = results["lora_resolver.async"]
+    assert first.status == "failed", first.message
+    assert "conformance_setup(workdir) hook raised" in first.message
+    assert "RuntimeError: no adapters here" in first.message
+    others = {k: (r.status, r.blocked_by) for k, r in results.items() if r is not first}
+    assert others == {
+        "lora_resolver.no-path-escape": ("blocked", "lora_resolver.async"),
+        "lora_resolver.unknown-is-none": ("blocked", "lora_resolver.async"),
+    }
+
+
+def test_a_plugin_that_does_not_load_blocks_the_checks_with_the_general_ones():
+    results = run_group(
+        inline_target(
+            "broken_import", "import mutant_no_such_module\n\ndef register():\n    pass\n"
+        )
+    )
+    assert {r.status for r in results.values()} == {"blocked"}
+    assert {r.blocked_by for r in results.values()} == {"general.loadable"}
 
 
 def test_a_resolver_that_answers_every_name_fails_both_behaviour_checks():
@@ -193,7 +207,8 @@ def test_a_registered_object_without_resolve_lora_fails_the_async_check():
     assert results["lora_resolver.async"].status == "failed"
     assert "has no resolve_lora method" in results["lora_resolver.async"].message
     # Nothing can be asked of it, so the behaviour checks have nothing to judge.
-    assert results["lora_resolver.unknown-is-none"].status == "passed"
+    assert results["lora_resolver.unknown-is-none"].status == "blocked"
+    assert results["lora_resolver.unknown-is-none"].blocked_by == "lora_resolver.async"
 
 
 def test_a_resolver_with_the_wrong_signature_fails_the_async_check():
