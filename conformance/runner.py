@@ -174,7 +174,10 @@ def _blocker(session: Session, item: Planned) -> CheckResult | None:
     inconclusive too (it cannot judge what its prerequisite could not)."""
     catalog = load_catalog()
     for required_id in item.check.requires:
-        result = outcome(session, _prerequisite_item(item, catalog[required_id]))
+        required = catalog[required_id]
+        if not required.applies_to_contract(session.contract):
+            continue  # a rule this engine's contract does not have cannot block anything
+        result = outcome(session, _prerequisite_item(item, required))
         if result.status not in ("failed", "error", "blocked", "inconclusive"):
             continue
         concerns = result.entry_points
