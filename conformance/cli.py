@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conformance import __version__
 from conformance.framework import load_catalog
+from conformance.drift import command as drift_command
 from conformance.overlay import fixture_names
 from conformance.probe import ENGINE_CHOICES, ENGINES, resolve_engine
 from conformance.report import (
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--preamble", type=Path, help="Markdown put at the top of --markdown")
     _add_selection(matrix)
     matrix.set_defaults(func=_matrix)
+
+    drift_command.add_parser(sub)
 
     demo = sub.add_parser("demo", help="certify every bundled good fixture on one engine")
     demo.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
