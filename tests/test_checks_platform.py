@@ -24,13 +24,13 @@ MUTANTS = sorted(
 )
 #: What the failure message must show, beyond the fix hint.
 OBSERVED = {
-    "platform.loadable": "cannot import name '_Backend'",
+    "platform.loadable": "KeyError: 'DUMMY_DEVICE_DRIVER_PATH'",
     "platform.returns-qualname-or-none": "the entry-point 'module:Class' form",
     "platform.deterministic": "call 2: None",
     "platform.name-not-builtin": "named 'cpu'",
     "platform.class-valid": "`device_type` is not set",
     "platform.worker-cls": "parallel_config.worker_cls is 'auto'",
-    "platform.attn-backend": "the pre-v0.15 positional form",
+    "platform.attn-backend": "'mutant_platform_attn_backend.attention.DummyAttnBackend', which",
     "platform.communicator": "No module named 'mutant_platform_communicator.communicator'",
     "platform.resolves": "partially initialized module 'mutant_platform_resolves'",
     "platform.no-side-effects": "os.environ['DUMMY_DEVICE_LOG_LEVEL'] was set",
@@ -137,6 +137,23 @@ def test_returning_the_class_object_is_explained():
     result = results["platform.returns-qualname-or-none"]
     assert result.status == "failed"
     assert "returned the class" in result.message and "__qualname__" in result.message
+
+
+def test_a_pre_v015_positional_attention_signature_fails_with_the_hint():
+    source = (
+        GOOD_CLASS
+        + """
+        @classmethod
+        def get_attn_backend_cls(
+            cls, selected_backend, head_size, dtype, kv_cache_dtype, block_size, use_mla
+        ):
+            return "vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend"
+    """
+    )
+    body = "return 'old_attn.platform.HostPlatform'"
+    result = run_group(inline_platform("old_attn", body, source))["platform.attn-backend"]
+    assert result.status == "failed", result.message
+    assert "the pre-v0.15 positional form" in result.message
 
 
 def test_the_attention_check_applies_from_the_keyword_signature_on():

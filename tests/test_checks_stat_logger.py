@@ -25,7 +25,7 @@ OBSERVED = {
     "stat_logger.is-class": "the function mutant_stat_logger_is_class.make_stat_logger",
     "stat_logger.subclass": "must be a subclass of StatLoggerBase",
     "stat_logger.constructs": "takes 2 positional arguments but 3 were given",
-    "stat_logger.records": "unexpected keyword argument 'mm_cache_stats'",
+    "stat_logger.records": "'NoneType' object has no attribute 'num_running_reqs'",
     "stat_logger.engine-run": "asyncio.run() cannot be called from a running event loop",
 }
 #: The checks each mutant leaves unable to judge: they are blocked by its check, not failed.
