@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conformance.checks import load_catalog
+from conformance.framework import load_catalog
 from conformance.cli import main, render_checks_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "checks.md"
