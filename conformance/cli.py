@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conformance import __version__
-from conformance.framework import load_catalog
 from conformance.drift import command as drift_command
+from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
 from conformance.probe import ENGINE_CHOICES, ENGINES, resolve_engine
 from conformance.report import (

@@ -118,7 +118,16 @@ def plan(
                 planned.append(Planned(check, ep))
         else:
             planned.append(Planned(check, None))
-    return sorted(planned, key=lambda p: p.item_id)
+    # Prerequisites before their dependents (by depth), so that a root cause is reported
+    # before what it blocks; by id within a depth.
+    return sorted(planned, key=lambda p: (depth(p.check.id, catalog), p.item_id))
+
+
+def depth(check_id: str, catalog: Mapping[str, Check]) -> int:
+    """0 for a check that requires nothing, else one more than its deepest prerequisite."""
+    requires = catalog[check_id].requires if check_id in catalog else ()
+    known = [r for r in requires if r in catalog]
+    return 1 + max(depth(r, catalog) for r in known) if known else 0
 
 
 def selected(

@@ -62,6 +62,11 @@ class Target:
         if self.project_dir is not None and self._overlay is None:
             self._overlay = Overlay().add_project(self.project_dir)
 
+    def overlay_root(self) -> Path | None:
+        """The directory of the overlay that makes this target visible, if it has one."""
+        self.stage()
+        return None if self._overlay is None else Path(self._overlay.root)
+
     def cleanup(self) -> None:
         if self._overlay is not None:
             self._overlay.cleanup()

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from conformance.framework import load_catalog
 from conformance.context import Session
+from conformance.framework import load_catalog
 from conformance.overlay import Overlay
 from conformance.runner import CheckResult, plan, run_planned
 from conformance.target import Target
@@ -45,9 +45,7 @@ def run_check_group(
     `target` as `run_checks` does, by id."""
     groups = (group,) if isinstance(group, str) else group
     excluded = set(exclude)
-    catalog = {
-        k: v for k, v in load_catalog().items() if v.group in groups and k not in excluded
-    }
+    catalog = {k: v for k, v in load_catalog().items() if v.group in groups and k not in excluded}
     session = Session(target)
     with target:
         return {

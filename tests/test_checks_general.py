@@ -24,9 +24,7 @@ GENERAL = "vllm.general_plugins"
 ENGINE_RUN = ["general.models-run"]
 #: Every general mutant in fixtures/mutants/, but the engine-run ones.
 MUTANTS = sorted(
-    p.name
-    for p in (fixtures_root() / "mutants").glob("general.*")
-    if p.name not in ENGINE_RUN
+    p.name for p in (fixtures_root() / "mutants").glob("general.*") if p.name not in ENGINE_RUN
 )
 #: Mutants whose point needs torch: a model class, or a tensor on "cuda".
 NEEDS_TORCH = {

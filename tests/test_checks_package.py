@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conformance.framework import load_catalog
 from conformance.checks.packaging import _vllm_requirements
+from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
 from conformance.runner import CheckResult
 from conformance.target import Target, resolve_target

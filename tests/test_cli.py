@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conformance.framework import load_catalog
 from conformance.cli import main, render_checks_markdown
+from conformance.framework import load_catalog
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "checks.md"
 
@@ -16,7 +16,7 @@ def test_certify_a_good_fixture_exits_0_and_writes_reports(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "certified" in out and "platform.resolves" in out
     report = json.loads((tmp_path / "conformance-report.json").read_text())
-    assert report["schema"] == 1 and report["summary"]["verdict"] == "certified"
+    assert report["schema"] == 2 and report["summary"]["verdict"] == "certified"
     assert report["subject"]["distribution"] == "vllm_add_dummy_platform"
     assert (tmp_path / "conformance-report.md").read_text().startswith("# Conformance report")
 

@@ -210,4 +210,24 @@ def test_an_entry_point_naming_a_missing_module_is_one_failure_and_the_rest_bloc
         text.splitlines()[0].startswith("FAILED")
         and "package.entry-points-resolve" in (text.splitlines()[0])
     )
-    assert len(text.splitlines()) + 2 < 40, text  # + the CLI's header and timing lines
+
+
+def test_the_cli_reports_a_missing_module_in_under_40_lines_root_cause_first(tmp_path, capsys):
+    project = tmp_path / "typo"
+    (project / "typo_plugin").mkdir(parents=True)
+    (project / "typo_plugin" / "__init__.py").write_text("def register():\n    pass\n")
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "typo-plugin"\nversion = "0.1.0"\ndependencies = ["vllm>=0.30"]\n'
+        '[project.entry-points."vllm.general_plugins"]\ntypo = "typo_plgin:register"\n'
+    )
+    assert main(["certify", str(project), "--engine", "reference"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) < 40, "\n".join(lines)
+    statuses = [line.split()[0] for line in lines if line.split() and line.split()[0].isupper()]
+    assert statuses.count("FAILED") == 2, "once as it finished, once among the root causes"
+    first_failure = next(i for i, line in enumerate(lines) if line.startswith("FAILED"))
+    first_blocked = next(i for i, line in enumerate(lines) if line.startswith("BLOCKED"))
+    assert first_failure < first_blocked, "the root cause comes before what it blocked"
+    causes = lines.index("Root causes:")
+    assert "package.entry-points-resolve" in lines[causes + 1]
+    assert "no module named 'typo_plgin'" in lines[causes + 3]

@@ -54,10 +54,9 @@ def _called(ctx: CheckContext) -> GeneralObservation:
 )
 def check_loadable(ctx: CheckContext) -> None:
     """vLLM logs a general plugin that fails to load at ERROR and starts without it: the
-    feature silently disappears. The entry point must load in a fresh process."""
-    run = general_run(ctx)
-    if run.load_error is not None:
-        fail_on(run.load_error, f"Loading {ctx.ep.value!r} raised:")
+    feature silently disappears. The entry point must load in a fresh process (the shared
+    probe that loads every entry point of the distribution, nothing called)."""
+    ctx.loaded()
 
 
 @check(
@@ -234,8 +233,7 @@ def check_quiet(ctx: CheckContext) -> None:
         mib = result.output_bytes / (1 << 20)
         tail = result.stdout_tail.strip()[-160:] or result.stderr_tail.strip()[-160:]
         fail(
-            f"Loading and calling the plugin (twice) printed {mib:.1f} MiB; it ends with: "
-            f"{tail!r}"
+            f"Loading and calling the plugin (twice) printed {mib:.1f} MiB; it ends with: {tail!r}"
         )
 
 

@@ -120,6 +120,13 @@ def source_files(target: Target) -> dict[str, Path]:
     """Module name → file for every Python file the target ships."""
     if target.project_dir is not None:
         return project_files(target.project_dir)
+    overlay = target.overlay_root()
+    if overlay is not None:
+        # A plugin written on the spot: the overlay holds its packages and modules, and only it.
+        found = project_files(overlay)
+        for file in sorted(overlay.glob("*.py")):
+            found[file.stem] = file
+        return found
     dist = metadata.distribution(target.name)
     project = _editable_project(dist)
     if project is not None:
