@@ -14,6 +14,7 @@ from conformance.overlay import fixture_names, fixtures_root
 from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.target import mutant_names
 from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
+from tests.test_checks_logits import ALSO_FAILS
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
@@ -87,6 +88,19 @@ def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     message = own[0]["message"]
     assert message.startswith(f"[{mutant}]") and "Rule:" in message and "Fix:" in message
     assert report["summary"]["verdict"] == "not-certified" and result.ret == 1
+    # ... and only it, across the whole catalog: every other check passes, does not apply, or
+    # is blocked by the mutant's own check.
+    # The logits group declares (with reasons) the few mutants that also fail a second check.
+    declared = ALSO_FAILS.get(mutant, set())
+    stray = {
+        f"{c['id']}[{c['entry_point'] or ''}]": (c["status"], c["blocked_by"])
+        for c in report["checks"]
+        if c["id"] != mutant
+        and c["id"] not in declared
+        and c["status"] not in ("passed", "skipped")
+        and not (c["status"] == "blocked" and c["blocked_by"] == mutant)
+    }
+    assert stray == {}, f"{mutant} should fail only {mutant}"
 
 
 @pytest.mark.parametrize("fixture", fixture_names())
