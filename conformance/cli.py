@@ -14,6 +14,7 @@ from conformance import __version__
 from conformance.drift import command as drift_command
 from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
+from conformance.preflight import render_preflight, run_preflight
 from conformance.probe import ENGINE_CHOICES, ENGINES, resolve_engine
 from conformance.report import (
     build_report,
@@ -29,6 +30,7 @@ from conformance.runner import (
     EXIT_NOT_CERTIFIED,
     EXIT_USAGE,
     CheckResult,
+    certify_command,
     check_patterns_problem,
     did_you_mean,
     engine_target,
@@ -93,6 +95,10 @@ def _certify(args: argparse.Namespace) -> int:
     print(f"{name} on engine {args.engine} ({why})")
     for ep in target.vllm_entry_points:
         print(f"  entry point {ep.group}: {ep.name} = {ep.value}")
+    with target:
+        on_vllm = certify_command(target, "--engine vllm")
+        for line in render_preflight(run_preflight(target, args.engine), on_vllm):
+            print(line)
     sys.stdout.flush()
     results = run_checks(
         target,

@@ -20,11 +20,13 @@ import pytest
 from conformance.context import Session
 from conformance.framework import load_catalog
 from conformance.overlay import Overlay
+from conformance.preflight import render_preflight, run_preflight
 from conformance.probe import ENGINE_CHOICES, ProbeResult, resolve_engine, run_probe
 from conformance.report import build_report, engine_info, plugin_subject, write_reports
 from conformance.runner import (
     CheckResult,
     Planned,
+    certify_command,
     exit_code,
     plan,
     read_expected_failures,
@@ -181,6 +183,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"certify={state.certify}"
     ]
     lines += [f"  entry point {ep.group}: {ep.name} = {ep.value}" for ep in t.vllm_entry_points]
+    preflight = run_preflight(t, state.engine)
+    lines += render_preflight(preflight, certify_command(t, "--engine vllm"))
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
     lines.append(
         "  VLLM_* environment: " + (", ".join(f"{k}={v!r}" for k, v in env.items()) or "none")

@@ -8,18 +8,14 @@ import pytest
 
 from conformance.checks.packaging import _vllm_requirements
 from conformance.framework import load_catalog
-from conformance.overlay import fixture_names
+from conformance.overlay import fixture_names, fixtures_root
 from conformance.runner import CheckResult
 from conformance.target import Target, resolve_target
-from tests.conftest import run_check_group
+from tests.conftest import assert_mutant_fails, run_check_group
 
 GROUP = "package"
-MUTANTS = [
-    "package.groups-known",
-    "package.entry-points-resolve",
-    "package.declares-vllm-requirement",
-    "package.requirement-admits-engine",
-]
+#: Every package mutant in fixtures/mutants/.
+MUTANTS = sorted(p.name for p in (fixtures_root() / "mutants").glob("package.*"))
 
 
 def run_group(target: Target, group: str = GROUP) -> dict[str, CheckResult]:
@@ -92,3 +88,23 @@ def test_vllm_requirements_match_the_distribution_names_of_vllm():
 def test_vllm_requirements_of_optional_extras_are_not_counted():
     found = _requirements('vllm<0.20; extra == "legacy"', 'vllm>=0.30; sys_platform == "linux"')
     assert found == ['vllm>=0.30; sys_platform == "linux"'], "an extra does not pin a plain install"
+
+
+def test_the_dependencies_mutant_fails_only_that_check():
+    results = run_check_group(resolve_target("package.dependencies-declared"), ("package",))
+    assert_mutant_fails(results, "package.dependencies-declared", "packaging (imported at", set())
+
+
+def test_guarded_and_typing_only_imports_are_not_undeclared(tmp_path):
+    from conformance.preflight import module_level_imports
+
+    source = tmp_path / "mod.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "try:\n    import optional_thing\nexcept ImportError:\n    optional_thing = None\n"
+        "if TYPE_CHECKING:\n    import typing_only_thing\n"
+        "import required_thing\n"
+        "def f():\n    import lazy_thing\n"
+    )
+    found = [f.module for f in module_level_imports(source, "mod.py")]
+    assert found == ["typing", "required_thing"]

@@ -9,6 +9,7 @@ from packaging.version import InvalidVersion, Version
 
 from conformance.context import CheckContext
 from conformance.framework import check, fail, skip
+from conformance.preflight import undeclared_imports
 from reference.plugins import KNOWN_GROUPS
 
 #: Names under which vLLM is published (the CPU build is a separate distribution).
@@ -101,3 +102,24 @@ def check_requirement_admits_engine(ctx: CheckContext) -> None:
             f"{ctx.target.name} requires {', '.join(refused)}, which excludes the engine's "
             f"vLLM contract {engine_version}."
         )
+
+
+@check(
+    "package.dependencies-declared",
+    level="recommended",
+    title="every third-party module imported at module level is a declared requirement (or "
+    "one of vLLM's)",
+    fix="Add the distribution that provides each listed module to [project].dependencies, or "
+    "import it inside the function that needs it and say so in your docs.",
+)
+def check_dependencies_declared(ctx: CheckContext) -> None:
+    """A plugin that imports a module it does not declare works only where something else
+    happened to install it (a transitive dependency of today's vLLM, the author's machine);
+    `pip install` of the plugin alone, or the next vLLM release, breaks it at import. Read
+    statically: module-level imports (not under `if TYPE_CHECKING:` or in a `try` that catches
+    ImportError), less the standard library, the plugin's own packages, and vLLM's own
+    requirements, which are always installed beside it."""
+    undeclared, _ = undeclared_imports(ctx.target)
+    if undeclared:
+        shown = sorted({f"{f.module} (imported at {f.where})" for f in undeclared})
+        fail(f"{ctx.target.name} imports modules it does not declare: {', '.join(shown)}.")

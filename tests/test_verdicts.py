@@ -1,0 +1,153 @@
+"""Verdicts you can trust: `inconclusive` (with its cause and the command that would judge it)
+where a check could not judge the plugin here, `not-applicable` skips where a rule does not
+apply, and the same exit code and verdict from the CLI and from pytest on the same run."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conformance.cli import main
+from conformance.framework import load_catalog
+from conformance.preflight import run_preflight
+from conformance.target import resolve_target
+
+pytest_plugins = ["pytester"]
+# Load the catalog before any pytester test snapshots sys.modules: its restore would drop the
+# check modules while the catalog keeps their checks, and a re-import would register twice.
+load_catalog()
+
+
+def _project(root: Path, name: str, source: str, requires: tuple[str, ...] = ("vllm>=0.30",)):
+    """A general plugin project `name:register` with `source` as its package's __init__."""
+    package = root / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent(source))
+    deps = ", ".join(json.dumps(r) for r in requires)
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "{name.replace("_", "-")}"\nversion = "0.1.0"\n'
+        f"dependencies = [{deps}]\n"
+        f'[project.entry-points."vllm.general_plugins"]\n{name} = "{name}:register"\n'
+    )
+    return root
+
+
+def _cli(project: Path, tmp_path: Path, capsys) -> tuple[int, dict, str]:
+    reports = tmp_path / "cli-report"
+    code = main(["certify", str(project), "--engine", "reference", "--report-dir", str(reports)])
+    out = capsys.readouterr().out
+    return code, json.loads((reports / "conformance-report.json").read_text()), out
+
+
+def _pytest(pytester, project: Path, tmp_path: Path) -> tuple[int, dict]:
+    reports = tmp_path / "pytest-report"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--plugin-under-test={project}",
+        "--engine=reference",
+        f"--conformance-report={reports}",
+        "-q",
+    )
+    return result.ret, json.loads((reports / "conformance-report.json").read_text())
+
+
+def _statuses(report: dict) -> dict[str, str]:
+    return {c["id"]: c["status"] for c in report["checks"]}
+
+
+UNPROVIDED = """
+    from vllm.model_executor.layers.quantization import QuantizationConfig
+
+    def register():
+        pass
+"""
+
+
+@pytest.mark.slow
+def test_an_import_the_reference_does_not_provide_is_inconclusive_on_both_fronts(
+    tmp_path, capsys, pytester
+):
+    project = _project(tmp_path / "unprovided", "quant_plugin", UNPROVIDED)
+    code, report, out = _cli(project, tmp_path, capsys)
+    loadable = next(c for c in report["checks"] if c["id"] == "general.loadable")
+    assert loadable["status"] == "inconclusive"
+    assert "vllm.model_executor.layers.quantization" in loadable["message"]
+    assert "--engine vllm" in loadable["message"], "the command that would judge it"
+    assert "failed" not in _statuses(report).values(), "nothing blamed on the plugin"
+    assert report["summary"]["verdict"] == "incomplete" and code == 3
+    assert "Preflight" in out and "vllm.model_executor.layers.quantization" in out
+    ret, pytest_report = _pytest(pytester, project, tmp_path)
+    assert ret == 3 and pytest_report["summary"]["verdict"] == "incomplete"
+    assert _statuses(pytest_report) == _statuses(report)
+
+
+MISSING_DEPENDENCY = """
+    import not_installed_dependency_xyz
+
+    def register():
+        pass
+"""
+
+
+def test_a_declared_dependency_that_is_not_installed_is_inconclusive_naming_it(tmp_path, capsys):
+    project = _project(
+        tmp_path / "dep",
+        "dep_plugin",
+        MISSING_DEPENDENCY,
+        ("vllm>=0.30", "not-installed-dependency-xyz>=1"),
+    )
+    assert run_preflight(resolve_target(str(project)), "reference").missing_requirements == [
+        "not-installed-dependency-xyz>=1"
+    ]
+    code, report, out = _cli(project, tmp_path, capsys)
+    loadable = next(c for c in report["checks"] if c["id"] == "general.loadable")
+    assert loadable["status"] == "inconclusive", loadable
+    assert "not_installed_dependency_xyz" in loadable["message"]
+    assert "pip install not_installed_dependency_xyz" in loadable["message"]
+    assert report["summary"]["verdict"] == "incomplete" and code == 3
+    assert "not-installed-dependency-xyz>=1" in out.split("PASSED")[0], "named in the preflight"
+
+
+def test_an_undeclared_import_that_is_missing_is_the_plugins_failure(tmp_path, capsys):
+    # Not declared, so not the environment's fault: vLLM would fail to load it too.
+    project = _project(tmp_path / "undeclared", "undeclared_plugin", MISSING_DEPENDENCY)
+    code, report, _ = _cli(project, tmp_path, capsys)
+    assert _statuses(report)["general.loadable"] == "failed"
+    assert report["summary"]["verdict"] == "not-certified" and code == 1
+
+
+NO_MODELS = """
+    def register():
+        pass
+"""
+
+
+@pytest.mark.slow
+def test_rules_that_do_not_apply_are_skipped_with_a_reason_and_certify(tmp_path, capsys, pytester):
+    project = _project(tmp_path / "plain", "plain_plugin", NO_MODELS)
+    code, report, out = _cli(project, tmp_path, capsys)
+    skipped = {c["id"]: c["message"] for c in report["checks"] if c["status"] == "skipped"}
+    assert "general.registered-models-resolve" in skipped
+    assert "registers no model architectures" in skipped["general.registered-models-resolve"]
+    assert "registers no model architectures" in out, "reasons are shown inline"
+    assert report["summary"]["verdict"] == "certified" and code == 0
+    ret, pytest_report = _pytest(pytester, project, tmp_path)
+    assert ret == 0 and pytest_report["summary"]["verdict"] == "certified"
+    assert _statuses(pytest_report) == _statuses(report)
+
+
+def test_a_general_plugin_writing_20_mb_is_certified(tmp_path, capsys):
+    source = """
+        import sys
+
+        def register():
+            sys.stdout.write("x" * (20 << 20))
+    """
+    project = _project(tmp_path / "chatty", "chatty_plugin", source)
+    code, report, _ = _cli(project, tmp_path, capsys)
+    assert _statuses(report)["general.quiet"] == "failed", "its one, recommended, finding"
+    assert report["summary"]["verdict"] == "certified" and code == 0
