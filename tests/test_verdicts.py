@@ -151,3 +151,35 @@ def test_a_general_plugin_writing_20_mb_is_certified(tmp_path, capsys):
     code, report, _ = _cli(project, tmp_path, capsys)
     assert _statuses(report)["general.quiet"] == "failed", "its one, recommended, finding"
     assert report["summary"]["verdict"] == "certified" and code == 0
+
+
+def test_certify_with_vllm_version_reruns_itself_in_the_managed_environment(
+    tmp_path, monkeypatch, capsys
+):
+    import subprocess
+    import sys
+
+    from conformance import matrix
+
+    built = []
+
+    class FakeFactory:
+        def __init__(self, root):
+            self.root = root
+
+        def ensure(self, version, newest):
+            built.append((version, newest))
+            return matrix.Env(version, sys.executable)
+
+    calls = []
+    monkeypatch.setattr(matrix, "PipEnvFactory", FakeFactory)
+    monkeypatch.setattr(subprocess, "call", lambda argv, **kwargs: calls.append(argv) or 3)
+    code = main(["certify", "vllm_add_dummy_model", "--vllm", "0.32.0", "--strict", "-q"])
+    assert code == 3, "the managed run's exit code is this command's"
+    assert built == [("0.32.0", "0.32.0")]
+    [argv] = calls
+    assert argv[:4] == [sys.executable, "-m", "conformance.cli", "certify"]
+    assert argv[4:7] == ["vllm_add_dummy_model", "--engine", "vllm"]
+    assert "--strict" in argv and "--quiet" in argv
+    assert main(["certify", "vllm_add_dummy_model", "--vllm", "0.32.0", "--engine", "reference"])
+    assert "--engine reference says not" in capsys.readouterr().err
