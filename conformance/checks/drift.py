@@ -12,7 +12,13 @@ from importlib import metadata
 
 from conformance.checks.packaging import VLLM_DISTRIBUTIONS, _vllm_requirements
 from conformance.context import CheckContext
-from conformance.drift.analysis import DriftReport, admitted_releases, analyse, describe_releases
+from conformance.drift.analysis import (
+    DriftReport,
+    ImportFinding,
+    admitted_releases,
+    analyse,
+    describe_releases,
+)
 from conformance.drift.index import ApiIndex
 from conformance.drift.scan import scan_target
 from conformance.framework import check, fail, skip
@@ -54,6 +60,15 @@ def _release(ctx: CheckContext) -> str:
     return release
 
 
+def _where_present(findings: list[ImportFinding], report: DriftReport) -> list[str]:
+    """One line per import: what it is, where the plugin has it, which releases have it."""
+    return [
+        f"{f.label} ({f.where}): exists in "
+        + (describe_releases(f.present_in, report.releases) or "no indexed release")
+        for f in findings
+    ]
+
+
 @check(
     "drift.imports-exist",
     title="every vllm module and name the plugin imports exists in the release under test",
@@ -67,11 +82,7 @@ def check_imports_exist(ctx: CheckContext) -> None:
     report, release = _report(ctx), _release(ctx)
     missing = [f for f in report.imports if f.runtime and release in f.missing_in]
     if missing:
-        lines = [
-            f"{f.label} ({f.where}): exists in "
-            + (describe_releases(f.present_in, report.releases) or "no indexed release")
-            for f in missing
-        ]
+        lines = _where_present(missing, report)
         version = _engine_version(ctx)
         mapped = "" if version.startswith(release) else f" (judged as {release}, the nearest)"
         fail(
@@ -151,9 +162,5 @@ def check_private_names(ctx: CheckContext) -> None:
     report = _report(ctx)
     private = [f for f in report.imports if f.private and not f.typing_only]
     if private:
-        lines = [
-            f"{f.label} ({f.where}): exists in "
-            + (describe_releases(f.present_in, report.releases) or "no indexed release")
-            for f in private
-        ]
+        lines = _where_present(private, report)
         fail(f"{ctx.target.name} imports private vLLM names:\n  " + "\n  ".join(lines))

@@ -33,16 +33,20 @@ COUNTING = "CALLS = []\ndef register():\n    CALLS.append(1)\n"
 Plugin = tuple[str, dict[str, dict[str, str]], dict[str, str]]
 
 
-def _platform_module(name: str, body: str) -> str:
-    return (
+ACTIVE = "    return __name__ + '.P'"
+
+
+def _platform_plugin(name: str, body: str) -> Plugin:
+    """Distribution `plat-<name>` with platform entry point `<name>`, `plat_<name>:detect`: a
+    detection function that counts its calls in `CALLS`, then runs `body`."""
+    module = f"plat_{name}"
+    source = (
         "from vllm.platforms.interface import Platform, PlatformEnum\n"
         f"class P(Platform):\n    _enum = PlatformEnum.OOT\n    device_name = {name!r}\n"
         "    device_type = 'cpu'\nCALLS = []\n"
         f"def detect():\n    CALLS.append(1)\n{body}\n"
     )
-
-
-ACTIVE = "    return __name__ + '.P'"
+    return (f"plat-{name}", {PLATFORM: {name: f"{module}:detect"}}, {module: source})
 
 
 @contextmanager
@@ -282,16 +286,8 @@ def check_platform_rules(ctx: CheckContext) -> None:
     alone = _resolve(ctx, "no platform plugin")
     if not _builtin(alone.cls):
         fail(f"Scenario 'no platform plugin': resolved {alone.cls}, not a built-in.")
-    eager: Plugin = (
-        "plat-eager",
-        {PLATFORM: {"eager": "plat_eager:detect"}},
-        {"plat_eager": _platform_module("eager", ACTIVE)},
-    )
-    other: Plugin = (
-        "plat-other",
-        {PLATFORM: {"other": "plat_other:detect"}},
-        {"plat_other": _platform_module("other", ACTIVE)},
-    )
+    eager = _platform_plugin("eager", ACTIVE)
+    other = _platform_plugin("other", ACTIVE)
     with _overlays(eager) as overlays:
         won = _resolve(ctx, "one active plugin", overlays, counted="plat_eager")
         _expect("one active plugin", [won.cls, won.calls], ["plat_eager.P", 2])
@@ -309,12 +305,7 @@ def check_platform_rules(ctx: CheckContext) -> None:
         ("returns None", "    return None"),
         ("raises", "    raise RuntimeError('no device')"),
     ):
-        quiet: Plugin = (
-            "plat-quiet",
-            {PLATFORM: {"quiet": "plat_quiet:detect"}},
-            {"plat_quiet": _platform_module("quiet", body)},
-        )
-        with _overlays(quiet) as overlays:
+        with _overlays(_platform_plugin("quiet", body)) as overlays:
             inactive = _resolve(ctx, f"a plugin that {label}", overlays)
         if not _builtin(inactive.cls):
             fail(f"Scenario 'a plugin that {label}': resolved {inactive.cls}.")
@@ -340,13 +331,8 @@ def check_platform_rules(ctx: CheckContext) -> None:
 def check_platform_lazy(ctx: CheckContext) -> None:
     """Plugins import `vllm.platforms` while resolution is pending, so importing it must not
     call any platform plugin."""
-    eager: Plugin = (
-        "plat-eager",
-        {PLATFORM: {"eager": "plat_eager:detect"}},
-        {"plat_eager": _platform_module("eager", ACTIVE)},
-    )
     scenario = "import vllm.platforms"
-    with _overlays(eager) as overlays:
+    with _overlays(_platform_plugin("eager", ACTIVE)) as overlays:
         imported = _run(ctx, scenarios.import_platforms, scenario, overlays, module="plat_eager")
     _expect(f"{scenario}: plugin imported", imported, False)
 
@@ -366,14 +352,11 @@ def check_stat_logger_rules(ctx: CheckContext) -> None:
             fail_on(loaded.error, f"Scenario '{scenario}': loading the stat loggers raised:")
         return loaded.factories or []
 
-    overlay = Overlay().add_fixture("vllm_add_dummy_stat_logger")
-    try:
+    with Overlay().add_fixture("vllm_add_dummy_stat_logger") as overlay:
         good = factories("the dummy stat logger", overlay, None)
         _expect("the dummy stat logger", good, ["DummyStatLogger"])
         none = factories('VLLM_PLUGINS=""', overlay, {"VLLM_PLUGINS": ""})
         _expect('VLLM_PLUGINS=""', none, [])
-    finally:
-        overlay.cleanup()
     bad: Plugin = (
         "bad-logger",
         {STAT_LOGGER: {"bad": "bad_logger:make"}},
@@ -472,11 +455,8 @@ def check_custom_op_replacement(ctx: CheckContext) -> None:
     """With the dummy platform fixture, after load_general_plugins() a RotaryEmbedding is a
     DummyRotaryEmbedding."""
     scenario = "dummy custom op"
-    overlay = Overlay().add_fixture("vllm_add_dummy_platform")
-    try:
+    with Overlay().add_fixture("vllm_add_dummy_platform") as overlay:
         op = _run(ctx, scenarios.build_rotary_embedding, scenario, overlay)
-    finally:
-        overlay.cleanup()
     if not op.has_torch:
         skip("torch is not installed, so no custom op can be built")
     _expect(

@@ -34,10 +34,8 @@ from conformance.context import CheckContext
 from conformance.framework import check, fail, fail_on, skip
 from conformance.probes.io_processor import (
     CHECKPOINT_HOOK,
-    DOTTED_NAME,
     OUTPUTS_HOOK,
     SAMPLE_HOOK,
-    Answer,
     IOProcessorDrive,
     IOProcessorObservation,
     ProcessorClass,
@@ -46,6 +44,7 @@ from conformance.probes.io_processor import (
     observe_io_processor,
     run_io_processor_engine,
 )
+from conformance.probes.runtime import DOTTED_NAME, Answer
 
 INACTIVE = "the plugin is inactive on this machine (its function returned None)"
 #: The check that judges the entry function's answer; the class checks need it to pass.

@@ -18,8 +18,6 @@ from conformance.context import CheckContext, observation
 from conformance.framework import check, fail, fail_on, skip
 from conformance.probes.platform import (
     CALLS,
-    DOTTED_NAME,
-    Answer,
     ClassObservation,
     DetectionObservation,
     LoggerState,
@@ -29,6 +27,7 @@ from conformance.probes.platform import (
     observe_detection,
     observe_worker_run,
 )
+from conformance.probes.runtime import DOTTED_NAME, Answer
 
 #: Names of vLLM 0.32's built-in platform detectors, which share a namespace with plugins.
 BUILTIN_PLATFORMS = ("tpu", "cuda", "rocm", "xpu", "cpu")

@@ -11,9 +11,12 @@ frontend's output loop does.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
 from conformance.context import CheckContext
 from conformance.framework import check, fail, fail_on
+from conformance.probes.data import ExceptionInfo
 from conformance.probes.stat_logger import (
     ENGINE_INDEXES,
     LoggerClass,
@@ -133,6 +136,18 @@ def _drive(ctx: CheckContext) -> StatLoggerDrive:
     )
 
 
+def _fail_not_loadable(run: StatLoggerObservation, problem: str) -> NoReturn:
+    """Fail with `problem`, and with the traceback of vLLM's loader when it raised."""
+    if run.loader_error is not None:
+        fail_on(run.loader_error, f"{problem}\nvLLM's loader raised:")
+    fail(problem)
+
+
+def _fail_call(error: ExceptionInfo, head: str, hint: str) -> NoReturn:
+    """Fail on `error`, raised by the call `head` describes, with `hint` first when there is one."""
+    fail_on(error, f"{hint}\n{head}" if hint else head)
+
+
 # --------------------------------------------------------------------------------------------
 # The checks.
 
@@ -151,10 +166,7 @@ def check_is_class(ctx: CheckContext) -> None:
     points do not.)"""
     run = _observed(ctx)
     if run.cls is None:
-        problem = not_a_class_problem(run)
-        if run.loader_error is not None:
-            fail_on(run.loader_error, f"{problem}\nvLLM's loader raised:")
-        fail(problem)
+        _fail_not_loadable(run, not_a_class_problem(run))
 
 
 @check(
@@ -172,13 +184,11 @@ def check_subclass(ctx: CheckContext) -> None:
     assert run.loaded is not None
     if not cls.is_base:
         has = f" It has {', '.join(cls.methods)}, but" if cls.methods else ""
-        problem = (
+        _fail_not_loadable(
+            run,
             f"{run.loaded.qualname} does not subclass vllm.v1.metrics.loggers.StatLoggerBase."
-            f"{has} vLLM checks the base class."
+            f"{has} vLLM checks the base class.",
         )
-        if run.loader_error is not None:
-            fail_on(run.loader_error, f"{problem}\nvLLM's loader raised:")
-        fail(problem)
     if run.loader_error is not None:
         fail_on(run.loader_error, "vLLM's load_stat_logger_plugin_factories() raised:")
 
@@ -205,7 +215,7 @@ def check_constructs(ctx: CheckContext) -> None:
         if cls.abstract and not hint:
             hint = f"Abstract methods left unimplemented: {', '.join(cls.abstract)}."
         head = f"Building the logger as the engine does, {construct_call(drive)}, raised:"
-        fail_on(drive.construct_error, f"{hint}\n{head}" if hint else head)
+        _fail_call(drive.construct_error, head, hint)
 
 
 @check(
@@ -239,8 +249,7 @@ def check_records(ctx: CheckContext) -> None:
         adapter = "" if drive.aggregate else " (forwarded by PerEngineStatLoggerAdapter)"
         done = drive.steps_done
         after = f", after {', '.join(done)} succeeded" if done else ""
-        head = f"{step.call}{adapter} raised{after}:"
-        fail_on(step.error, f"{hint}\n{head}" if hint else head)
+        _fail_call(step.error, f"{step.call}{adapter} raised{after}:", hint)
 
 
 @check(

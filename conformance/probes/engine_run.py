@@ -13,6 +13,14 @@ ENGINE_RUN_DEPS = ("torch", "transformers", "safetensors", "tokenizers")
 #: node's memory be free at startup (it is not on a shared machine). Eager mode: real vLLM
 #: starts in ~30 s instead of ~75 s without compiling (the reference is always eager).
 SMALL_ENGINE: dict[str, Any] = {"kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}
+#: `SMALL_ENGINE` for two sequences of up to 128 tokens, with one worker in the engine core's
+#: process (the uniprocess executor).
+UNIPROCESS_ENGINE: dict[str, Any] = {
+    "max_num_seqs": 2,
+    "max_model_len": 128,
+    "distributed_executor_backend": "uni",
+    **SMALL_ENGINE,
+}
 
 
 def missing_engine_deps() -> list[str]:

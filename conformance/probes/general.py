@@ -341,14 +341,7 @@ def _run_model(run: ModelRun, arch: str) -> None:
     run.stage = "generating the checkpoint"
     model = engine_run.tiny_checkpoint(run.family or "", arch)
     run.stage = "building LLM(model=...)"
-    llm = runtime.call_plugin(
-        LLM,
-        model=model,
-        max_num_seqs=2,
-        max_model_len=128,
-        distributed_executor_backend="uni",
-        **engine_run.SMALL_ENGINE,
-    )
+    llm = runtime.call_plugin(LLM, model=model, **engine_run.UNIPROCESS_ENGINE)
     prompts: list[Any] = ["Hello", {"prompt_token_ids": [1, 5, 6]}]
     model_config = llm.llm_engine.vllm_config.model_config
     run.hidden = getattr(model_config.hf_config, "hidden_size", None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -24,10 +23,8 @@ from typing import Any
 
 from conformance.probes import engine_run, runtime
 from conformance.probes.data import ExceptionInfo
-from conformance.probes.runtime import ObjectSketch
+from conformance.probes.runtime import DOTTED_NAME, Answer, ObjectSketch
 
-#: `pkg.module.Class`: what `resolve_obj_by_qualname` can import (it splits on the last dot).
-DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 REQUEST_ID = "conformance-0"
 SAMPLE_HOOK = "conformance_sample_request"
 OUTPUTS_HOOK = "conformance_fake_outputs"
@@ -49,20 +46,6 @@ METHODS = (
     "validate_or_generate_params",
     "output_to_response",
 )
-
-
-@dataclass
-class Answer:
-    """What the entry function returned (or raised) when called with no arguments."""
-
-    kind: str  # "none" | "str" | "other" | "raised"
-    repr: str
-    #: The str it returned.
-    value: str | None = None
-    #: The type of anything else it returned, and whether that was a class.
-    type: str | None = None
-    is_class: bool = False
-    error: ExceptionInfo | None = None
 
 
 @dataclass
@@ -89,22 +72,6 @@ class IOProcessorObservation:
     cls: ProcessorClass | None = None
 
 
-def _answer(func: Callable[[], Any]) -> Answer:
-    value, error = runtime.attempt(func)
-    if error is not None:
-        return Answer(kind="raised", repr=error.headline[:300], error=error)
-    if value is None:
-        return Answer(kind="none", repr="None")
-    if type(value) is str:
-        return Answer(kind="str", repr=repr(value)[:300], value=value)
-    return Answer(
-        kind="other",
-        repr=repr(value)[:300],
-        type=type(value).__qualname__,
-        is_class=isinstance(value, type),
-    )
-
-
 def resolve_class(qualname: str) -> Any:
     """What `resolve_obj_by_qualname` gives for the plugin's answer (raises what it raises)."""
     module, _, attr = qualname.rpartition(".")
@@ -125,7 +92,7 @@ def observe_io_processor(group: str, name: str) -> IOProcessorObservation:
     obs.callable = callable(func)
     if not obs.callable:
         return obs
-    obs.answer = _answer(func)
+    obs.answer = runtime.call_entry_function(func)
     value = obs.answer.value
     if value is None or not DOTTED_NAME.fullmatch(value):
         return obs

@@ -22,9 +22,8 @@ from typing import Any
 
 from conformance.probes import engine_run, runtime
 from conformance.probes.data import ExceptionInfo
+from conformance.probes.runtime import DOTTED_NAME, Answer
 
-#: `pkg.module.Class`: what `resolve_obj_by_qualname` can import (it splits on the last dot).
-DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 #: How many times the detection function is called in a row (vLLM calls it twice per process).
 CALLS = 3
 #: Captured log records kept for the checks (the first ones: the engine's verdict comes early).
@@ -33,22 +32,6 @@ RECORDS_KEPT = 40
 
 # --------------------------------------------------------------------------------------------
 # Detection: load the entry point, call it, resolve the platform.
-
-
-@dataclass
-class Answer:
-    """What one call of the detection function answered."""
-
-    kind: str  # "none" | "str" | "other" | "raised"
-    repr: str
-    #: The answer itself, when it is a str.
-    value: str | None = None
-    #: The answer's type name, when it is neither None nor a str.
-    type: str | None = None
-    is_class: bool = False
-    #: For `raised`: whether it is an `Exception` (vLLM catches those, not a `SystemExit`).
-    exception: bool = True
-    error: ExceptionInfo | None = None
 
 
 @dataclass
@@ -101,28 +84,6 @@ class DetectionObservation:
     #: Where the platform was resolved from, from the probe's own frame on.
     init_trace: str = ""
     records: list[Record] = field(default_factory=list)
-
-
-def _answer(func: Any) -> Answer:
-    try:
-        value = runtime.call_plugin(func)
-    except BaseException as exc:  # vLLM catches Exception only: the rest stops the process
-        return Answer(
-            kind="raised",
-            repr=f"{type(exc).__name__}: {exc}"[:300],
-            exception=isinstance(exc, Exception),
-            error=runtime.capture(exc),
-        )
-    if value is None:
-        return Answer(kind="none", repr="None")
-    if type(value) is str:
-        return Answer(kind="str", repr=repr(value)[:300], value=value)
-    return Answer(
-        kind="other",
-        repr=repr(value)[:300],
-        type=type(value).__qualname__,
-        is_class=isinstance(value, type),
-    )
 
 
 def _logger_state(logger: logging.Logger) -> LoggerState:
@@ -211,7 +172,7 @@ def observe_detection(group: str, name: str) -> DetectionObservation:
         obs.loaded = runtime.describe(func)
         if obs.callable:
             obs.before = snapshot()
-            obs.answers = [_answer(func) for _ in range(CALLS)]
+            obs.answers = [runtime.call_entry_function(func) for _ in range(CALLS)]
             obs.after = snapshot()
             _hash_user_values(obs.before, obs.after)
             first = obs.answers[0]
@@ -476,14 +437,7 @@ def _run_worker(obs: WorkerRunObservation) -> None:
 
     obs.stage = "LLM(model=tiny_llama, distributed_executor_backend='uni')"
     model = engine_run.tiny_checkpoint("llama")
-    llm = runtime.call_plugin(
-        LLM,
-        model=model,
-        max_num_seqs=2,
-        max_model_len=128,
-        distributed_executor_backend="uni",
-        **engine_run.SMALL_ENGINE,
-    )
+    llm = runtime.call_plugin(LLM, model=model, **engine_run.UNIPROCESS_ENGINE)
     obs.worker_cls = str(llm.llm_engine.vllm_config.parallel_config.worker_cls)
     obs.stage = "LLM.generate(2 prompts, max_tokens=2)"
     params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 import sysconfig
 import traceback
@@ -231,6 +232,51 @@ def describe(obj: Any) -> ObjectSketch:
     if kind == "class":
         sketch.mro = [f"{c.__module__}.{c.__qualname__}" for c in obj.__mro__]
     return sketch
+
+
+#: `pkg.module.Class`: what `resolve_obj_by_qualname` can import (it splits on the last dot).
+DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+@dataclass
+class Answer:
+    """What an entry function returned (or raised) when called with no arguments, as vLLM
+    calls the functions of the platform and IO-processor groups."""
+
+    kind: str  # "none" | "str" | "other" | "raised"
+    repr: str
+    #: The str it returned.
+    value: str | None = None
+    #: The type of anything else it returned, and whether that was a class.
+    type: str | None = None
+    is_class: bool = False
+    #: For `raised`: whether it is an `Exception` (vLLM catches those, not a `SystemExit`).
+    exception: bool = True
+    error: ExceptionInfo | None = None
+
+
+def call_entry_function(func: Callable[[], Any]) -> Answer:
+    """Call `func()` through the plugin boundary and keep what it answered."""
+    try:
+        value = call_plugin(func)
+    except BaseException as exc:  # vLLM catches Exception only: the rest stops the process
+        error = capture(exc)
+        return Answer(
+            kind="raised",
+            repr=error.headline[:300],
+            exception=isinstance(exc, Exception),
+            error=error,
+        )
+    if value is None:
+        return Answer(kind="none", repr="None")
+    if type(value) is str:
+        return Answer(kind="str", repr=repr(value)[:300], value=value)
+    return Answer(
+        kind="other",
+        repr=repr(value)[:300],
+        type=type(value).__qualname__,
+        is_class=isinstance(value, type),
+    )
 
 
 def registered_model_class(arch: str) -> Any:

@@ -319,13 +319,8 @@ async def _serve(obs: StatLoggerEngineRun, step_timeout: float) -> None:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     obs.stage = "AsyncLLM.from_engine_args(...)"
-    # One worker in the engine core's process, as general.models-run builds LLM.
     args = AsyncEngineArgs(
-        model=engine_run.tiny_checkpoint("llama"),
-        max_num_seqs=2,
-        max_model_len=128,
-        distributed_executor_backend="uni",
-        **engine_run.SMALL_ENGINE,
+        model=engine_run.tiny_checkpoint("llama"), **engine_run.UNIPROCESS_ENGINE
     )
     engine = runtime.call_plugin(AsyncLLM.from_engine_args, args)
     obs.stage = "generating 3 requests"
