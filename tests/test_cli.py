@@ -7,16 +7,18 @@ from pathlib import Path
 
 from conformance.cli import main, render_checks_markdown
 from conformance.framework import load_catalog
+from tests.conftest import GOOD_EXIT, GOOD_VERDICT
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "checks.md"
 
 
 def test_certify_a_good_fixture_exits_0_and_writes_reports(capsys, tmp_path):
-    assert main(["certify", "vllm_add_dummy_platform", "--report-dir", str(tmp_path)]) == 0
+    code = main(["certify", "vllm_add_dummy_platform", "--report-dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "certified" in out and "platform.resolves" in out
+    assert code == GOOD_EXIT, out
+    assert GOOD_VERDICT in out and "platform.resolves" in out
     report = json.loads((tmp_path / "conformance-report.json").read_text())
-    assert report["schema"] == 2 and report["summary"]["verdict"] == "certified"
+    assert report["schema"] == 2 and report["summary"]["verdict"] == GOOD_VERDICT
     assert report["subject"]["distribution"] == "vllm_add_dummy_platform"
     assert (tmp_path / "conformance-report.md").read_text().startswith("# Conformance report")
 

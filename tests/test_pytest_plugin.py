@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tests.conftest import GOOD_EXIT, GOOD_VERDICT
+
 pytest_plugins = ["pytester"]
 
 
@@ -28,9 +30,9 @@ def test_an_empty_directory_collects_the_whole_suite_for_the_plugin(pytester):
 def test_a_good_fixture_passes_and_the_header_shows_what_is_tested(pytester, monkeypatch):
     monkeypatch.setenv("VLLM_TARGET_DEVICE", "cuda")
     result = _run(pytester, "--plugin-under-test=vllm_add_dummy_platform", "-q")
-    assert result.ret == 0
+    assert result.ret == GOOD_EXIT
     out = result.stdout.str()
-    assert "vllm_add_dummy_platform: certified" in out
+    assert f"vllm_add_dummy_platform: {GOOD_VERDICT}" in out
 
 
 def test_the_header_lists_distribution_entry_points_engine_and_environment(pytester, monkeypatch):
@@ -101,12 +103,12 @@ def test_recommended_failures_warn_without_failing_the_run(pytester, tmp_path):
         "-q",
         f"--conformance-report={tmp_path}",
     )
-    assert result.ret == 0
+    assert result.ret == GOOD_EXIT
     assert "ConformanceWarning" in result.stdout.str()
     report = json.loads((tmp_path / "conformance-report.json").read_text())
     [row] = [c for c in report["checks"] if c["id"] == "package.declares-vllm-requirement"]
     assert row["status"] == "failed" and row["level"] == "recommended"
-    assert report["summary"]["verdict"] == "certified"
+    assert report["summary"]["verdict"] == GOOD_VERDICT
 
 
 def test_junit_xml_comes_through_pytest(pytester, tmp_path):
