@@ -211,7 +211,10 @@ def render_preflight(pre: Preflight, command_on_vllm: str) -> list[str]:
             + ", ".join(pre.missing_requirements)
         )
     if pre.unprovided:
-        shown = sorted({f"{f.module} ({f.where})" for f in pre.unprovided})
+        first: dict[str, str] = {}
+        for f in pre.unprovided:
+            first.setdefault(f.module, f.where)
+        shown = [f"{module} ({where})" for module, where in sorted(first.items())]
         lines.append(
             "  vllm.* modules the reference engine does not provide (checks that import them "
             f"will be inconclusive; judge them with `{command_on_vllm}`): " + ", ".join(shown)

@@ -209,8 +209,8 @@ def outcome(session: Session, item: Planned) -> CheckResult:
     blocker = _blocker(session, item)
     if blocker is not None and blocker.status == "inconclusive":
         status = "inconclusive"
-        cause = blocker.message.removeprefix("inconclusive: ")
-        message = f"inconclusive: it needs {blocker.id}, which could not judge here: {cause}"
+        blocked_by = blocker.blocked_by or blocker.id
+        message = f"inconclusive: it needs {blocked_by}, which could not judge the plugin here"
     elif blocker is not None:
         status = "blocked"
         blocked_by = blocker.blocked_by or blocker.id

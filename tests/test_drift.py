@@ -534,3 +534,34 @@ def test_the_builder_reads_a_source_distribution_statically(tmp_path):
         "get_device_name": "@class,cls,device_id="
     }, "properties are not methods"
     assert api.classes["vllm.llm.LLM"][1] == {"generate": "/self,/prompts,-n=,**kw"}
+
+
+def test_a_base_taking_args_and_kwargs_lets_the_override_name_what_it_needs():
+    # vLLM's QuantizeMethodBase.embedding(self, layer, *args, **kwargs), overridden by a real
+    # plugin (vllm-gguf-plugin) as embedding(self, layer, x): no call vLLM makes breaks it.
+    from conformance.drift.signatures import (
+        POSITIONAL_OR_KEYWORD,
+        VAR_KEYWORD,
+        VAR_POSITIONAL,
+        Param,
+        Signature,
+        incompatibilities,
+    )
+
+    def sig(*params):
+        return Signature(tuple(params))
+
+    base = sig(
+        Param("self", POSITIONAL_OR_KEYWORD),
+        Param("layer", POSITIONAL_OR_KEYWORD),
+        Param("args", VAR_POSITIONAL),
+        Param("kwargs", VAR_KEYWORD),
+    )
+    override = sig(
+        Param("self", POSITIONAL_OR_KEYWORD),
+        Param("layer", POSITIONAL_OR_KEYWORD),
+        Param("x", POSITIONAL_OR_KEYWORD),
+    )
+    assert incompatibilities(base, override) == []
+    dropped = sig(Param("self", POSITIONAL_OR_KEYWORD))
+    assert incompatibilities(base, dropped) == ["lacks `layer`"], "named ones are still required"

@@ -84,9 +84,11 @@ class Signature:
 def incompatibilities(base: Signature, override: Signature) -> list[str]:
     """Why a call that fits `base` could fail on `override`, one reason per parameter.
 
-    The override must accept every parameter of the base by name and kind (`*args` and
-    `**kwargs` accept whatever is missing) and must not require one the base does not take,
-    since vLLM calls the method as the base declares it.
+    The override must accept every named parameter of the base by name and kind (its own
+    `*args` and `**kwargs` accept whatever is missing) and must not require one the base does
+    not take, since vLLM calls the method as the base declares it — unless the base takes
+    `*args`/`**kwargs` itself: then it declares no particular call, and the override may
+    require what they would carry.
     """
     ours = override.call_params
     kinds = {p.kind for p in ours}
@@ -94,7 +96,14 @@ def incompatibilities(base: Signature, override: Signature) -> list[str]:
     by_name = {p.name: p for p in ours if p.kind in (POSITIONAL_OR_KEYWORD, KEYWORD_ONLY)}
     positional = [p for p in ours if p.kind in (POSITIONAL_ONLY, POSITIONAL_OR_KEYWORD)]
     problems = []
+    base_kinds = {p.kind for p in base.call_params}
+    base_var_pos, base_var_kw = VAR_POSITIONAL in base_kinds, VAR_KEYWORD in base_kinds
     for index, param in enumerate(base.call_params):
+        if param.kind in (VAR_POSITIONAL, VAR_KEYWORD):
+            # A base that takes `*args`/`**kwargs` declares no particular call: each
+            # implementation takes what the engine passes it (e.g. quantization methods'
+            # `embedding(self, layer, *args, **kwargs)`), so the override need not.
+            continue
         problem = _unaccepted(param, index, by_name.get(param.name), positional, var_pos, var_kw)
         if problem:
             problems.append(problem)
@@ -106,7 +115,11 @@ def incompatibilities(base: Signature, override: Signature) -> list[str]:
         if param.has_default or param.kind in (VAR_POSITIONAL, VAR_KEYWORD):
             continue
         renamed = param.kind != KEYWORD_ONLY and index < base_positional
-        if param.name not in theirs and not renamed:
+        # What the base's `*args` / `**kwargs` may carry, the override may name and require.
+        carried = (base_var_pos and param.kind != KEYWORD_ONLY) or (
+            base_var_kw and param.kind != POSITIONAL_ONLY
+        )
+        if param.name not in theirs and not renamed and not carried:
             problems.append(f"requires `{param.name}`, which the base method does not take")
     return problems
 
