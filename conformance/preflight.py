@@ -207,7 +207,7 @@ def render_preflight(pre: Preflight, command_on_vllm: str) -> list[str]:
     lines = ["Preflight (read before any check):"]
     if pre.missing_requirements:
         lines.append(
-            "  not installed here, so checks that need them will be inconclusive: "
+            "  not installed here (checks that need them will be inconclusive): "
             + ", ".join(pre.missing_requirements)
         )
     if pre.unprovided:
