@@ -73,6 +73,11 @@ class CapabilitySkip(Exception):
     """The check does not apply: the plugin does not claim the capability it examines."""
 
 
+class Inconclusive(Exception):
+    """The check cannot judge the plugin here (torch or the model stack is absent, the engine's
+    version is unknown): the message says why and what would let it judge."""
+
+
 class HarnessError(Exception):
     """The suite itself failed (its own code raised, or it could not set up the engine): the
     check's status is `error`, never `failed`, and no plugin author is told to fix anything."""
@@ -96,6 +101,13 @@ def fail_on(exception: ExceptionInfo, message: str) -> NoReturn:
     if exception.owner == "harness":
         raise HarnessError(text, exception)
     raise CheckFailed(text, exception=exception)
+
+
+def inconclusive(reason: str) -> NoReturn:
+    """End the running check as inconclusive: it could not judge the plugin in this
+    environment (never a pass: a certification run with one is `incomplete`)."""
+    __tracebackhide__ = True
+    raise Inconclusive(reason)
 
 
 def skip(reason: str) -> NoReturn:

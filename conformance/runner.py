@@ -25,6 +25,7 @@ from conformance.framework import (
     Check,
     CheckFailed,
     HarnessError,
+    Inconclusive,
     load_catalog,
 )
 from conformance.probes.data import ExceptionInfo
@@ -230,6 +231,8 @@ def outcome(session: Session, item: Planned) -> CheckResult:
                 message = f"inconclusive: {cause}"
         except CapabilitySkip as exc:
             status, message = "skipped", f"capability skip: {exc}"
+        except Inconclusive as exc:
+            status, message = "inconclusive", f"inconclusive: {exc}"
         except HarnessError as exc:
             status, owner = "error", "harness"
             message = f"[{check.id}] {SUITE_FAILED}\n{str(exc).rstrip()}"

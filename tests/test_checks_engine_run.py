@@ -121,11 +121,11 @@ def test_run_problem_judges_generate_and_encode_runs():
     assert run_problem("X", ModelRun(family=None, mro=["x.X"])) is None
 
 
-def test_missing_dependencies_are_a_capability_skip():
-    from conformance.framework import CapabilitySkip
+def test_missing_dependencies_make_the_engine_run_inconclusive():
+    from conformance.framework import Inconclusive
 
     skip_if_engine_missing([])
-    with pytest.raises(CapabilitySkip, match="torch, transformers not installed here"):
+    with pytest.raises(Inconclusive, match="torch, transformers not installed here"):
         skip_if_engine_missing(["torch", "transformers"])
 
 

@@ -232,14 +232,16 @@ def test_an_older_contract_judges_the_subclass_by_the_v1_interface():
     assert result.status == "failed" and "arrived around v0.27" in result.message
 
 
-def test_without_torch_only_the_driving_checks_skip():
+def test_without_torch_only_the_driving_checks_are_inconclusive():
     target = resolve_target("dummy_logits_processor")
     results = run_group(target, no_torch(target))
     for check_id in DRIVING:
-        assert results[check_id].status == "skipped", check_id
-    # The V2 processor is skipped by the argmax check before torch matters.
-    for check_id in set(DRIVING) - {"logits.argmax-invariance-honest"}:
-        assert results[check_id].message == f"capability skip: {checks.NO_TORCH}", check_id
+        assert results[check_id].status == "inconclusive", check_id
+    assert results["logits.constructs"].message == f"inconclusive: {checks.NO_TORCH}"
+    # What requires the construction cannot judge without it either, and says so.
+    needs = "inconclusive: it needs logits.constructs, which could not judge the plugin here"
+    for check_id in set(DRIVING) - {"logits.constructs"}:
+        assert results[check_id].message == needs, check_id
     others = {k: r.status for k, r in results.items() if k not in DRIVING}
     assert others == dict.fromkeys(others, "passed"), results
 

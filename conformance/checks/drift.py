@@ -21,7 +21,7 @@ from conformance.drift.analysis import (
 )
 from conformance.drift.index import ApiIndex
 from conformance.drift.scan import scan_target
-from conformance.framework import check, fail, skip
+from conformance.framework import check, fail, inconclusive, skip
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,7 +47,7 @@ def _engine_version(ctx: CheckContext) -> str:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    skip(f"the {ctx.engine} engine's vLLM is not installed here, so its version is unknown")
+    inconclusive(f"the {ctx.engine} engine's vLLM is not installed here, so its version is unknown")
 
 
 def _release(ctx: CheckContext) -> str:

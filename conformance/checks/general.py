@@ -8,7 +8,7 @@ after its first call and after a second call in the same process.
 from __future__ import annotations
 
 from conformance.context import CheckContext
-from conformance.framework import check, fail, fail_on, skip
+from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.probes.general import (
     GeneralObservation,
@@ -124,7 +124,10 @@ def check_no_cuda_init(ctx: CheckContext) -> None:
     torch.cuda's lazy initialisation, so the check means something on a CPU-only torch too."""
     run = general_run(ctx)
     if not run.has_torch:
-        skip("torch is not installed, so nothing can initialise CUDA")
+        inconclusive(
+            "torch is not installed here, so the plugin could not be watched initialising CUDA "
+            "(install vllm-plugin-conformance[engine] with torch 2.13.0 to judge it)"
+        )
     if run.cuda_calls:
         fail(
             f"CUDA initialisation was requested {len(run.cuda_calls)} time(s); first from:\n"
@@ -270,7 +273,7 @@ ENGINE_RUN_TIMEOUT_S = 360.0
 def skip_if_engine_missing(missing: list[str]) -> None:
     """Capability-skip an engine-run check whose probe found the model stack missing."""
     if missing:
-        skip(
+        inconclusive(
             f"{', '.join(missing)} not installed here, so no engine can run a model "
             f"(install the engine extra: {', '.join(ENGINE_RUN_DEPS)})"
         )

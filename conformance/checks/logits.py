@@ -13,7 +13,7 @@ from packaging.version import InvalidVersion, Version
 
 from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
 from conformance.context import CheckContext
-from conformance.framework import check, fail, fail_on, skip
+from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.logits import (
     EngineRunObservation,
     LogitsObservation,
@@ -96,7 +96,7 @@ def _constructed(ctx: CheckContext) -> LogitsObservation:
     """Observations of a class that was built as the engine builds it; skips without torch."""
     run = _class(ctx)
     if not run.has_torch:
-        skip(NO_TORCH)
+        inconclusive(NO_TORCH)
     construct = run.construct
     if construct is not None and construct.error is not None:
         fail_on(construct.error, f"{construct.call} raised (see logits.constructs):")
@@ -195,7 +195,7 @@ def check_constructs(ctx: CheckContext) -> None:
     aborts the engine's startup."""
     run = _class(ctx)
     if not run.has_torch:
-        skip(NO_TORCH)
+        inconclusive(NO_TORCH)
     construct = run.construct
     if construct is None:
         fail("The processor was not constructed, for no reason the probe could see.")
