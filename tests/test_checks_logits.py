@@ -179,7 +179,8 @@ def test_the_mutant_fails_its_check_and_blocks_only_what_depends_on_it(check_id)
     assert_mutant_fails(results, check_id, OBSERVED[check_id], also_fails)
     blocked = {k for k, r in results.items() if r.status == "blocked"}
     assert blocked == BLOCKED.get(check_id, set())
-    skipped = {k for k, r in results.items() if r.status == "skipped"}
+    # Without torch, what needs it could not judge: inconclusive, where it used to skip.
+    skipped = {k for k, r in results.items() if r.status in ("skipped", "inconclusive")}
     assert skipped == expected_skips(check_id, blocked)
     passed = set(results) - blocked - skipped - also_fails - {check_id}
     assert {k: results[k].status for k in passed} == dict.fromkeys(passed, "passed")
