@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name
 
 from conformance.context import CheckContext, Session
 from conformance.framework import (
+    CATALOG,
     CapabilitySkip,
     Check,
     CheckFailed,
@@ -183,9 +184,10 @@ def _blocker(session: Session, item: Planned) -> CheckResult | None:
     """The first prerequisite of `item` that did not pass (computing it if needed): one that
     failed, errored or was blocked blocks `item`; one that was inconclusive makes it
     inconclusive too (it cannot judge what its prerequisite could not)."""
-    catalog = load_catalog()
+    # The item's check came from the loaded catalog, whose prerequisites `load_catalog` has
+    # validated: read it as it is rather than import, sort and validate it again per check.
     for required_id in item.check.requires:
-        required = catalog[required_id]
+        required = CATALOG[required_id]
         if not required.applies_to_contract(session.contract):
             continue  # a rule this engine's contract does not have cannot block anything
         result = outcome(session, _prerequisite_item(item, required))
