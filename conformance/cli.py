@@ -31,11 +31,11 @@ from conformance.runner import (
     EXIT_NOT_CERTIFIED,
     EXIT_USAGE,
     CheckResult,
-    certify_command,
     check_patterns_problem,
     did_you_mean,
     engine_target,
     exit_code,
+    on_real_vllm,
     read_expected_failures,
     run_checks,
     run_engine_checks,
@@ -99,7 +99,7 @@ def _certify(args: argparse.Namespace) -> int:
     for ep in target.vllm_entry_points:
         print(f"  entry point {ep.group}: {ep.name} = {ep.value}")
     with target:
-        on_vllm = certify_command(target, "--engine vllm")
+        on_vllm = on_real_vllm(target)
         for line in render_preflight(run_preflight(target, args.engine), on_vllm):
             print(line)
     sys.stdout.flush()

@@ -217,7 +217,7 @@ def render_preflight(pre: Preflight, command_on_vllm: str) -> list[str]:
         shown = [f"{module} ({where})" for module, where in sorted(first.items())]
         lines.append(
             "  vllm.* modules the reference engine does not provide (checks that import them "
-            f"will be inconclusive; judge them with `{command_on_vllm}`): " + ", ".join(shown)
+            f"will be inconclusive; judge them with {command_on_vllm}): " + ", ".join(shown)
         )
     if pre.undeclared:
         shown = sorted({f"{f.module} ({f.where})" for f in pre.undeclared})

@@ -26,8 +26,8 @@ from conformance.report import build_report, engine_info, plugin_subject, write_
 from conformance.runner import (
     CheckResult,
     Planned,
-    certify_command,
     exit_code,
+    on_real_vllm,
     plan,
     read_expected_failures,
     run_planned,
@@ -184,7 +184,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
     lines += [f"  entry point {ep.group}: {ep.name} = {ep.value}" for ep in t.vllm_entry_points]
     preflight = run_preflight(t, state.engine)
-    lines += render_preflight(preflight, certify_command(t, "--engine vllm"))
+    lines += render_preflight(preflight, on_real_vllm(t))
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
     lines.append(
         "  VLLM_* environment: " + (", ".join(f"{k}={v!r}" for k, v in env.items()) or "none")

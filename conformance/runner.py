@@ -293,6 +293,17 @@ def certify_command(target: Target, *options: str) -> str:
     return " ".join(["vllm-conformance certify", spec or target.name, *options])
 
 
+def on_real_vllm(target: Target) -> str:
+    """The commands that judge `target` on real vLLM, for a message (one wording everywhere).
+    A managed environment (`--vllm`) can only take a project directory or a bundled fixture,
+    so an installed distribution is pointed at an environment with vLLM installed."""
+    engine = f"`{certify_command(target, '--engine vllm')}` where vLLM is installed"
+    if target.project_dir is None:
+        return engine
+    managed = certify_command(target, "--vllm", CONTRACT_VERSION)
+    return f"`{managed}` (a managed environment) or {engine}"
+
+
 def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str | None:
     """Why a failure says nothing about the plugin here, with the command that would judge it:
     the engine under test lacks a `vllm.*` module or name the plugin imports (the reference
@@ -307,17 +318,14 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
         return (
             f"the plugin imports {missing}, which the embedded reference engine does not "
             "provide (it answers vLLM's plugin surface only); judge it on real vLLM: "
-            f"`{certify_command(target, '--vllm', CONTRACT_VERSION)}` (a managed environment) "
-            "or `--engine vllm` where vLLM is installed"
+            f"{on_real_vllm(target)}"
         )
     name = exception.missing_name or ""
     if on_reference and (name.startswith("vllm.") or name.startswith("vllm:")):
         module, _, attribute = name.partition(":")
         return (
             f"the plugin imports {attribute} from {module}, which the embedded reference engine "
-            "does not provide; judge it on real vLLM: "
-            f"`{certify_command(target, '--vllm', CONTRACT_VERSION)}` (a managed environment) "
-            "or `--engine vllm` where vLLM is installed"
+            f"does not provide; judge it on real vLLM: {on_real_vllm(target)}"
         )
     top = missing.partition(".")[0]
     if top and top.lower() in _declared(target) and importlib.util.find_spec(top) is None:

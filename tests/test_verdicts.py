@@ -185,3 +185,17 @@ def test_certify_with_vllm_version_reruns_itself_in_the_managed_environment(
     assert "--strict" in argv and "--quiet" in argv
     assert main(["certify", "vllm_add_dummy_model", "--vllm", "0.32.0", "--engine", "reference"])
     assert "--engine reference says not" in capsys.readouterr().err
+
+
+def test_the_real_vllm_suggestion_offers_a_managed_environment_only_where_it_can_work(tmp_path):
+    from conformance.runner import on_real_vllm
+    from conformance.target import Target
+
+    project = _project(tmp_path / "p", "some_plugin", NO_MODELS)
+    suggested = on_real_vllm(resolve_target(str(project)))
+    assert f"vllm-conformance certify {project} --vllm 0.32.0" in suggested
+    assert "--engine vllm" in suggested
+    installed = Target("some-installed-plugin", "1.0", "installed", ())
+    assert on_real_vllm(installed) == (
+        "`vllm-conformance certify some-installed-plugin --engine vllm` where vLLM is installed"
+    ), "--vllm refuses an installed distribution, so it is not suggested for one"
