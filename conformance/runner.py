@@ -382,10 +382,12 @@ def run_checks(
     timeout: float | None = None,
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    contract: str | None = None,
 ) -> list[CheckResult]:
     """Run every applicable check on `target` (those `only`/`exclude` select, see
-    `selected`) and return the results in plan order."""
-    session = Session(target, engine)
+    `selected`) by the rules of `contract` (default: the engine's own) and return the results
+    in plan order."""
+    session = Session(target, engine, contract_version=contract)
     if timeout is not None:
         session.timeout = timeout
     results = []

@@ -103,7 +103,7 @@ def test_the_mutant_fails_its_check_and_blocks_only_what_depends_on_it(check_id)
         for module in ENGINE_RUN_DEPS:  # the check runs a model: without them it skips
             pytest.importorskip(module)
     results = run_all(resolve_target(check_id))
-    assert_mutant_fails(results, check_id, OBSERVED[check_id], set())
+    assert_mutant_fails(results, check_id, OBSERVED[check_id])
     blocked = {k for k, r in results.items() if r.status == "blocked"}
     assert blocked == BLOCKED[check_id]
     passed = set(results) - blocked - {check_id}

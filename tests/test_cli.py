@@ -50,6 +50,24 @@ def test_a_malformed_expected_failures_file_is_a_usage_error(capsys, tmp_path):
     assert "needs a reason" in capsys.readouterr().err
 
 
+def test_contract_judges_by_an_older_contracts_rules(capsys):
+    # A V1-interface processor: refused by 0.32's default runner, the interface of 0.26's.
+    args = ["certify", "logits.subclass", "--check", "logits.subclass", "--engine", "reference"]
+    assert main(args) == 1
+    assert "FAILED" in capsys.readouterr().out
+    assert main([*args, "--contract", "0.26.0"]) == 0
+    out = capsys.readouterr().out
+    assert "judged by the rules of contract 0.26.0" in out and "FAILED" not in out
+
+
+def test_contract_is_a_usage_error_on_real_vllm_or_when_not_a_version(capsys):
+    args = ["certify", "vllm_add_dummy_model", "--contract"]
+    assert main([*args, "0.26.0", "--engine", "vllm"]) == 2
+    assert "--contract applies to the reference engine only" in capsys.readouterr().err
+    assert main([*args, "soon", "--engine", "reference"]) == 2
+    assert "--contract 'soon' is not a version" in capsys.readouterr().err
+
+
 def test_checks_lists_every_check_and_json_is_machine_readable(capsys):
     assert main(["checks", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.target import mutant_names
 from tests.conftest import GOOD_EXIT, GOOD_VERDICT, torch_inconclusive
 from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
-from tests.test_checks_logits import ALSO_FAILS
+from tests.test_checks_logits import JUDGED_AS
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
@@ -85,7 +85,9 @@ def _skip_unless_judgeable(mutant):
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     _skip_unless_judgeable(mutant)
-    result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict")
+    contract = JUDGED_AS.get(mutant)
+    pinned = ("--conformance-contract", contract) if contract else ()
+    result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict", *pinned)
     own = [c for c in report["checks"] if c["id"] == mutant]
     assert own, f"the check {mutant} did not run on its mutant"
     assert all(c["status"] == "failed" for c in own), own
@@ -94,13 +96,10 @@ def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     assert report["summary"]["verdict"] == "not-certified" and result.ret == 1
     # ... and only it, across the whole catalog: every other check passes, does not apply, or
     # is blocked by the mutant's own check.
-    # The logits group declares (with reasons) the few mutants that also fail a second check.
-    declared = ALSO_FAILS.get(mutant, set())
     stray = {
         f"{c['id']}[{c['entry_point'] or ''}]": (c["status"], c["blocked_by"])
         for c in report["checks"]
         if c["id"] != mutant
-        and c["id"] not in declared
         and c["status"] not in ("passed", "skipped")
         and not torch_inconclusive(c["status"], c["message"])
         and not (c["status"] == "blocked" and c["blocked_by"] == mutant)

@@ -363,10 +363,12 @@ ENGINE_PROMPTS = ("a", "bb", "ccc", "dddd", "e", "ff")
     title="in a real engine the processor survives batches that grow and shrink, and every "
     "request gets its tokens",
     fix="Size per-step buffers from the logits `apply` receives (or from max_num_reqs), never "
-    "from an earlier step's batch, and key request state by batch index (V1) or slot (V2) as "
-    "the engine's updates say.",
-    # The engine samples from what `apply` returns: a wrong shape fails there too.
-    requires=(*CONSTRUCTED, "logits.apply-preserves-shape"),
+    "from an earlier step's batch; key request state by batch index (V1) or slot (V2) as the "
+    "engine's updates say; and derive it from the request itself, never from what "
+    "validate_params saw: the frontend validates in another process.",
+    # The engine samples from what `apply` returns (a wrong shape fails there too) and drives
+    # the batches that were simulated: a processor that already broke on them is not run again.
+    requires=(*CONSTRUCTED, "logits.apply-preserves-shape", "logits.batch-updates"),
 )
 def check_engine_run(ctx: CheckContext) -> None:
     """The simulated batches above are the harness's reading of the interface; here the
@@ -376,7 +378,9 @@ def check_engine_run(ctx: CheckContext) -> None:
     generates for six requests of different lengths, every other one carrying `extra_args`
     the processor appears to read (values its `validate_params` accepts). Requests finish and
     join between steps, so the batch grows and shrinks. Nothing may raise, and each request
-    must get exactly the tokens it asked for (EOS ignored). Where the engine itself refuses to
+    must get exactly the tokens it asked for (EOS ignored). As in vLLM, whose engine core
+    runs apart from the frontend, the processor lives in another process than the one that
+    validated the requests (on the reference, a spawned worker). Where the engine refuses to
     run the processor's model runner on this machine (vLLM's CPU build runs Model Runner V2
     only with a Triton that has a CPU backend), the check is a capability skip."""
     run = _constructed(ctx)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -363,12 +362,6 @@ def generated_checkpoint(plugin: str) -> str | None:
     return None
 
 
-def _is_reference() -> bool:
-    import vllm.platforms  # noqa: F401  (the mounted engine's module, whatever its package)
-
-    return sys.modules["vllm.platforms"].__name__.partition(".")[0] == "reference"
-
-
 def _model_type_known(model_type: Any) -> bool:
     """Whether real vLLM reads a config.json of `model_type`: transformers knows it, or vLLM
     ships its own config class for it."""
@@ -399,7 +392,11 @@ def unservable(model: str) -> str | None:
     if not any(arch in ModelRegistry.get_supported_archs() for arch in architectures):
         return f"no registered model class serves its architectures {architectures}"
     model_type = config.get("model_type")
-    if not _is_reference() and "auto_map" not in config and not _model_type_known(model_type):
+    if (
+        not runtime.on_reference()
+        and "auto_map" not in config
+        and not _model_type_known(model_type)
+    ):
         return f"its model type {model_type!r} is unknown to transformers and to vLLM"
     return None
 

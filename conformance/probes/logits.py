@@ -875,9 +875,13 @@ def _generate(obs: EngineRunObservation, lengths: list[int], prompts: list[str])
 
     obs.stage = "generating the checkpoint"
     model = engine_run.tiny_checkpoint("llama")
+    # vLLM's engine core never shares the frontend's process (where validate_params runs):
+    # the reference's worker is spawned apart too, so that state the plugin left in the
+    # frontend's process cannot reach the processors.
+    apart = {"distributed_executor_backend": "mp"} if runtime.on_reference() else {}
     obs.stage = "LLM(model=tiny_llama, max_num_seqs=2)"
     llm = runtime.call_plugin(
-        LLM, model=model, max_num_seqs=2, max_model_len=128, **engine_run.SMALL_ENGINE
+        LLM, model=model, max_num_seqs=2, max_model_len=128, **apart, **engine_run.SMALL_ENGINE
     )
     obs.v2_runner = getattr(llm.llm_engine.vllm_config, "use_v2_model_runner", None)
     chosen = obs.extra_args

@@ -320,3 +320,10 @@ def records(since: int = 0) -> list[dict[str, Any]]:
 
 def mark() -> int:
     return PROBE.mark()
+
+
+def on_reference() -> bool:
+    """Whether the engine mounted as `vllm` in this probe is the reference."""
+    import vllm.platforms  # noqa: F401  (the mounted engine's module, whatever its package)
+
+    return sys.modules["vllm.platforms"].__name__.partition(".")[0] == "reference"
