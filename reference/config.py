@@ -43,6 +43,15 @@ class HfConfig:
 
 
 @dataclass
+class PoolerConfig:
+    """How a pooling model pools: `LAST`, `MEAN` or `CLS`, normalised or not (vLLM's
+    `vllm.config.PoolerConfig`; a pooling model always has one)."""
+
+    pooling_type: str | None = None
+    normalize: bool | None = None
+
+
+@dataclass
 class ModelConfig:
     model: str = ""
     tokenizer: str | None = None
@@ -54,7 +63,7 @@ class ModelConfig:
     logits_processors: list[str | type] | None = None
     runner_type: str = "generate"
     enforce_eager: bool = True
-    #: How a pooling model pools (an object with `pooling_type`/`normalize`, or None).
+    #: How a pooling model pools (`EngineArgs` gives every pooling model one; None otherwise).
     pooler_config: Any = None
     skip_tokenizer_init: bool = False
     #: The name requests use for the base model (`served_model_name`, else `model`).

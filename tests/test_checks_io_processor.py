@@ -135,6 +135,27 @@ def text_processor(
 # Mutants and fixtures.
 
 
+#: A constructor that reads what a server's config holds, as real pooling IO processors do.
+READS_THE_SERVED_CONFIG = """class Processor(IOProcessor):
+    def __init__(self, vllm_config, renderer):
+        super().__init__(vllm_config, renderer)
+        model_config = vllm_config.model_config
+        assert model_config.runner_type == "pooling", model_config.runner_type
+        assert model_config.io_processor_plugin == "served_config_reader"
+        self.pooling_type = model_config.pooler_config.pooling_type
+        self.vocab_size = model_config.hf_config.vocab_size
+
+"""
+
+
+def test_the_processor_is_built_with_the_full_config_of_a_served_pooling_model():
+    source = text_processor(**{"class Processor(IOProcessor):\n": READS_THE_SERVED_CONFIG})
+    results = run_group(inline_processor("served_config_reader", source))
+    constructs = results["io_processor.constructs"]
+    assert constructs.status == "passed", constructs.message
+    assert results["io_processor.round-trip"].status == "passed"
+
+
 def test_every_io_processor_check_has_a_mutant():
     ids = sorted(k for k, v in load_catalog().items() if v.group == GROUP)
     assert ids == MUTANTS, "each io_processor check needs a mutant named after it"

@@ -262,11 +262,12 @@ def broken():
 
 SELECT = code(
     """
-    from vllm.config import HfConfig, ModelConfig, VllmConfig
+    from vllm.config import HfConfig, ModelConfig, PoolerConfig, VllmConfig
     from vllm.plugins.io_processors import get_io_processor, has_io_processor
     from vllm.plugins.io_processors.interface import BaseRenderer
     hf = HfConfig({"io_processor_plugin": HF_NAME} if HF_NAME else {})
-    config = VllmConfig(model_config=ModelConfig(hf_config=hf))
+    served = ModelConfig(hf_config=hf, runner_type="pooling", pooler_config=PoolerConfig())
+    config = VllmConfig(model_config=served)
     renderer = BaseRenderer(config)
     probe.result["has"] = has_io_processor(config, INIT_NAME)
     try:

@@ -351,11 +351,13 @@ PROCESSOR = code(
     """
     import base64, io
     import numpy as np, tifffile
-    from vllm.config import VllmConfig
+    from conformance.probes.io_processor import served_config
     from vllm.plugins.io_processors import get_io_processor
     from vllm.plugins.io_processors.interface import BaseRenderer
 
-    processor = get_io_processor(VllmConfig(), BaseRenderer(), "prithvi_to_tiff")
+    # Built as a server builds it: with the full config of the pooling model it serves.
+    config, _ = served_config("prithvi_to_tiff")
+    processor = get_io_processor(config, BaseRenderer(), "prithvi_to_tiff")
     cls = type(processor)
 
     def decode(response):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
 from conformance.context import CheckContext
-from conformance.framework import check, fail, fail_on, skip
+from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.io_processor import (
     CHECKPOINT_HOOK,
     OUTPUTS_HOOK,
@@ -195,10 +195,22 @@ def _class(ctx: CheckContext) -> tuple[str, ProcessorClass]:
 
 
 def _drive(ctx: CheckContext, qualname: str) -> IOProcessorDrive:
-    """The class built, selected and driven as the pooling server does."""
-    return ctx.observe(
-        drive_io_processor, qualname=qualname, purpose=f"that builds and drives {qualname}"
+    """The class built, selected and driven as the pooling server does: with the full
+    config of the pooling model it serves (inconclusive where this engine cannot build one;
+    on real vLLM that takes a while, hence the engine-run timeout)."""
+    drive = ctx.observe(
+        drive_io_processor,
+        qualname=qualname,
+        timeout=ENGINE_RUN_TIMEOUT_S,
+        purpose=f"that builds and drives {qualname}",
     )
+    if drive.config_error is not None:
+        error = drive.config_error
+        inconclusive(
+            "this engine could not build the config a server hands the processor (a pooling "
+            f"model's, with its pooler config): {error.type}: {error.message}"
+        )
+    return drive
 
 
 def _constructed(ctx: CheckContext, qualname: str) -> IOProcessorDrive:
@@ -305,12 +317,15 @@ def check_constructs(ctx: CheckContext) -> None:
     """vLLM builds the processor in the API server as `cls(vllm_config, renderer)`, two
     positional arguments since ~v0.17 (before, `cls(vllm_config)`), and picks it by the
     entry-point name given as `--io-processor-plugin` or `io_processor_plugin` in the model's
-    config.json. The class is built directly and then through the engine's
+    config.json. The server hands it the full config of the model it serves: a pooling
+    runner, `io_processor_plugin` set and a pooler config (here: the model the harness
+    generates for the plugin, else a tiny Llama served with `--runner pooling`). The class is
+    built directly and then through the engine's
     `get_io_processor(vllm_config, renderer, plugin_from_init=<entry-point name>)`."""
     qualname, cls = _class(ctx)
     drive = _drive(ctx, qualname)
     if drive.construct_error is not None:
-        head = f"{qualname}(vllm_config, renderer) raised:"
+        head = f"{qualname}(vllm_config, renderer) raised (the config of {drive.served_model}):"
         fail_on(drive.construct_error, _with_hint(init_hint(cls.init_params), head))
     call = f"get_io_processor(vllm_config, renderer, plugin_from_init={ctx.ep.name!r})"
     if drive.select_error is not None:

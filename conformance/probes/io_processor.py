@@ -154,6 +154,10 @@ class Rejection:
 
 @dataclass
 class IOProcessorDrive:
+    #: The model whose full config the processor was built with, in words.
+    served_model: str = ""
+    #: What building that config raised (the harness's problem: nothing else was done).
+    config_error: ExceptionInfo | None = None
     construct_error: ExceptionInfo | None = None
     select_error: ExceptionInfo | None = None
     #: The type `get_io_processor` returned, and whether it is the class itself.
@@ -293,19 +297,63 @@ def _reject(processor: Any, shown: str, value: Any, jtype: str) -> Rejection:
     return entry
 
 
+#: The `config.json` of the pooling model the harness serves when it has none of the plugin's
+#: own: a tiny Llama, which `--runner pooling` converts to an embedding model. Reading a
+#: config needs no weights.
+GENERIC_POOLING_MODEL = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-6,
+    "torch_dtype": "float32",
+}
+
+
+def served_config(name: str) -> tuple[Any, str]:
+    """The `VllmConfig` a server builds before it constructs the IO processor `name`: the
+    full config of the pooling model it serves (its pooler config included), with
+    `io_processor_plugin` set. The model is the one the harness generates for this plugin
+    where it has one, else `GENERIC_POOLING_MODEL`. Returns the config and the model in
+    words."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    model, words = None, ""
+    try:
+        model = generated_checkpoint(name)
+    except Exception:
+        model = None  # e.g. no torch to write the weights: its config.json alone cannot be had
+    if model is not None:
+        words = f"the harness's checkpoint for {name!r}"
+    else:
+        model = tempfile.mkdtemp(prefix="pooling-model-")
+        (Path(model) / "config.json").write_text(json.dumps(GENERIC_POOLING_MODEL))
+        words = "a tiny Llama served as a pooling model (--runner pooling)"
+    args = EngineArgs(
+        model=model, runner="pooling", io_processor_plugin=name, **engine_run.SMALL_ENGINE
+    )
+    return args.create_engine_config(), words
+
+
 def drive_io_processor(group: str, name: str, qualname: str) -> IOProcessorDrive:
     """Build the class `qualname` (the entry function's answer) as the server does, select it
     by name, take the plugin's sample request through it and offer it malformed requests."""
-    from vllm.config import VllmConfig
     from vllm.plugins.io_processors import get_io_processor
 
     cls = resolve_class(qualname)
-    config = VllmConfig()
-    if getattr(config, "model_config", None) is not None:  # vLLM's own default has no model
-        config.model_config.runner_type = "pooling"
-        config.model_config.io_processor_plugin = name
-    renderer = _renderer(config)
     obs = IOProcessorDrive()
+    try:
+        config, obs.served_model = served_config(name)
+    except Exception as exc:
+        # The harness could not build the config a server would: nothing can be judged.
+        obs.config_error = runtime.capture(exc)
+        return obs
+    renderer = _renderer(config)
     processor, obs.construct_error = runtime.attempt(cls, config, renderer)
     if obs.construct_error is not None:
         return obs

@@ -14,17 +14,10 @@ from reference.config import (
     LoRAConfig,
     ModelConfig,
     ParallelConfig,
+    PoolerConfig,
     SchedulerConfig,
     VllmConfig,
 )
-
-
-@dataclass
-class PoolerConfig:
-    """How a pooling model pools: `LAST`, `MEAN` or `CLS`, normalised or not."""
-
-    pooling_type: str | None = None
-    normalize: bool | None = None
 
 
 @dataclass
@@ -98,6 +91,9 @@ class EngineArgs:
         pooler = self.pooler_config
         if isinstance(pooler, dict):
             pooler = PoolerConfig(**pooler)
+        runner_type = self._runner_type(hf_config)
+        if runner_type == "pooling" and pooler is None:
+            pooler = PoolerConfig()  # as vLLM: a pooling model always has a pooler config
         max_model_len = self.max_model_len or hf_config.get("max_position_embeddings")
         model_config = ModelConfig(
             model=str(self.model),
@@ -108,7 +104,7 @@ class EngineArgs:
             hf_config=hf_config,
             io_processor_plugin=self.io_processor_plugin,
             logits_processors=self.logits_processors,
-            runner_type=self._runner_type(hf_config),
+            runner_type=runner_type,
             pooler_config=pooler,
             skip_tokenizer_init=self.skip_tokenizer_init,
             served_model_name=self.served_model_name,
