@@ -319,18 +319,22 @@ def served_config(name: str) -> tuple[Any, str]:
     """The `VllmConfig` a server builds before it constructs the IO processor `name`: the
     full config of the pooling model it serves (its pooler config included), with
     `io_processor_plugin` set. The model is the one the harness generates for this plugin
-    where it has one, else `GENERIC_POOLING_MODEL`. Returns the config and the model in
-    words."""
+    where it has one that this engine serves, else `GENERIC_POOLING_MODEL`. Returns the
+    config and the model in words."""
     from vllm.engine.arg_utils import EngineArgs
+    from vllm.plugins import load_general_plugins
 
+    load_general_plugins()  # as a server does first: they may register the model's class
     model, words = None, ""
     try:
         model = generated_checkpoint(name)
     except Exception:
         model = None  # e.g. no torch to write the weights: its config.json alone cannot be had
-    if model is not None:
+    if model is not None and unservable(model) is None:
         words = f"the harness's checkpoint for {name!r}"
     else:
+        # The plugin's own model cannot be made or served here (real vLLM reads no config of
+        # a model type it does not know): a generic pooling model stands in.
         model = tempfile.mkdtemp(prefix="pooling-model-")
         (Path(model) / "config.json").write_text(json.dumps(GENERIC_POOLING_MODEL))
         words = "a tiny Llama served as a pooling model (--runner pooling)"
