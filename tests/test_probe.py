@@ -85,13 +85,19 @@ def test_100_mb_of_output_is_a_flood_that_the_probe_lets_go_on():
 
 def test_100_mb_of_output_is_drained_keeping_only_its_tail_in_memory():
     # Measured in a fresh interpreter: the test worker's own peak RSS is whatever the heaviest
-    # earlier test reached, which would hide any growth here. The limit is above the output so
-    # that all 100 MB pass through the parent (a flood would stop the probe after 8 MB).
+    # earlier test reached, which would hide any growth here. Not with ru_maxrss, which Linux
+    # carries across fork and exec (the child starts at the worker's peak): with VmHWM, the
+    # peak of the new interpreter's own memory. The limit is above the output so that all
+    # 100 MB pass through the parent (a flood would stop the probe after 8 MB).
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc/self/status (VmHWM) to see this interpreter's own peak")
     measure = f"""
-import json, resource, sys
+import json, re
+from pathlib import Path
 from conformance.probe import run_probe
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
 before = peak()
 result = run_probe({FLOOD_100_MB!r}, timeout=60, output_limit={200 * MiB})
 print(json.dumps({{"status": result.status, "tail": len(result.stdout_tail), "growth": peak() - before}}))
