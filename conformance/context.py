@@ -86,9 +86,11 @@ class Session:
         env: dict[str, str | None] | None = None,
         timeout: float | None = None,
         hang_key: str = "<target>",
+        bare: bool = False,
     ) -> ProbeResult:
-        """Run the probe function with `args` once per session (the result is shared)."""
-        key = json.dumps([probe_name(function), args or {}, env or {}], sort_keys=True)
+        """Run the probe function with `args` once per session (the result is shared); `bare`:
+        with no plugin visible at all, the target's included (the engine alone)."""
+        key = json.dumps([probe_name(function), args or {}, env or {}, bare], sort_keys=True)
         if key not in self._probes:
             if hang_key in self._hung:
                 return self._hung[hang_key]
@@ -99,7 +101,7 @@ class Session:
                 env=env,
                 timeout=timeout or self.timeout,
                 patch=self.engine_patch,
-                **self.target.probe_settings(),  # type: ignore[arg-type]
+                **({"visible": []} if bare else self.target.probe_settings()),  # type: ignore[arg-type]
             )
             if result.status == "timeout":
                 self._hung[hang_key] = result

@@ -199,3 +199,47 @@ def test_the_real_vllm_suggestion_offers_a_managed_environment_only_where_it_can
     assert on_real_vllm(installed) == (
         "`vllm-conformance certify some-installed-plugin --engine vllm` where vLLM is installed"
     ), "--vllm refuses an installed distribution, so it is not suggested for one"
+
+
+#: An engine build that cannot run a model (a Python-only vLLM, say): the engine's own code
+#: raises while `LLM` builds its engine core.
+NO_MODEL_RUNS = """
+import sys
+import vllm
+
+def _cannot(*args, **kwargs):
+    raise RuntimeError("this build has no model runner (VLLM_TARGET_DEVICE=empty)")
+
+sys.modules[vllm.LLM.__module__].EngineCore = _cannot
+"""
+
+
+def _models_run(engine_patch: str = ""):
+    from conformance.context import Session
+    from conformance.runner import exit_code, plan, run_planned, verdict
+
+    target = resolve_target("vllm_add_dummy_model")
+    session = Session(target, engine_patch=engine_patch)
+    with target:
+        results = [
+            run_planned(session, item)
+            for item in plan(target, session.contract)
+            if item.check.id in ("general.loadable", "general.runs", "general.models-run")
+        ]
+    return {r.id: r for r in results}, verdict(results), exit_code(results)
+
+
+def test_an_engine_that_cannot_start_a_model_here_makes_engine_runs_inconclusive():
+    for module in ("torch", "transformers", "safetensors"):
+        pytest.importorskip(module)
+    results, verdict, code = _models_run(NO_MODEL_RUNS)
+    run = results["general.models-run"]
+    assert run.status == "inconclusive", run.message
+    assert "cannot start a model in this build or on this machine" in run.message
+    assert "no model runner (VLLM_TARGET_DEVICE=empty)" in run.message, "the engine's own words"
+    assert "--vllm VERSION" in run.message, "the command that would judge it"
+    assert (verdict, code) == ("incomplete", 3)
+    # Where the engine runs models, the same check judges the plugin.
+    results, verdict, code = _models_run()
+    assert results["general.models-run"].status == "passed"
+    assert (verdict, code) == ("certified", 0)

@@ -7,9 +7,12 @@ after its first call and after a second call in the same process.
 
 from __future__ import annotations
 
-from conformance.context import CheckContext
+from typing import NoReturn
+
+from conformance.context import CheckContext, observation
 from conformance.framework import check, fail, fail_on, inconclusive, skip
-from conformance.probes.engine_run import ENGINE_RUN_DEPS
+from conformance.probes.data import ExceptionInfo
+from conformance.probes.engine_run import ENGINE_RUN_DEPS, start_bare_engine
 from conformance.probes.general import (
     GeneralObservation,
     ModelRun,
@@ -279,6 +282,22 @@ def skip_if_engine_missing(missing: list[str]) -> None:
         )
 
 
+def fail_engine_run(ctx: CheckContext, error: ExceptionInfo, head: str) -> NoReturn:
+    """An engine run with the plugin raised: the plugin's failure, unless the exception is not
+    in the plugin's code and this engine cannot start a model here even with no plugin
+    installed (a Python-only build, a machine it does not run on): then inconclusive."""
+    if error.owner != "plugin":
+        result = ctx.session.run(start_bare_engine, timeout=ENGINE_RUN_TIMEOUT_S, bare=True)
+        bare = observation(result, start_bare_engine, "that starts the engine with no plugin")
+        if bare.error is not None:
+            inconclusive(
+                "this engine cannot start a model in this build or on this machine, even with "
+                f"no plugin installed ({bare.stage} raised {bare.error.headline}); judge the "
+                "engine run where vLLM runs models (e.g. `--vllm VERSION` on a CPU build)"
+            )
+    fail_on(error, head)
+
+
 def run_problem(arch: str, info: ModelRun) -> str | None:
     """What is wrong with one architecture's engine run, or None if it ran as it should
     (an exception it raised is reported with `fail_on` by the check)."""
@@ -354,7 +373,7 @@ def check_models_run(ctx: CheckContext) -> None:
     for arch, info in sorted(runs.items()):
         if info.error is not None:
             family = info.family or "?"
-            fail_on(info.error, f"{arch} ({family} family): {info.stage} raised:")
+            fail_engine_run(ctx, info.error, f"{arch} ({family} family): {info.stage} raised:")
     problems = [p for arch, info in sorted(runs.items()) if (p := run_problem(arch, info))]
     if problems:
         fail("\n".join(problems))

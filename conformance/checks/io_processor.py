@@ -29,7 +29,11 @@ static method on the processor class:
 
 from __future__ import annotations
 
-from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
+from conformance.checks.general import (
+    ENGINE_RUN_TIMEOUT_S,
+    fail_engine_run,
+    skip_if_engine_missing,
+)
 from conformance.context import CheckContext
 from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.io_processor import (
@@ -452,7 +456,7 @@ def check_engine_run(ctx: CheckContext) -> None:
     )
     skip_if_engine_missing(run.missing)
     if run.error is not None:
-        fail_on(run.error, f"{run.stage} raised:")
+        fail_engine_run(ctx, run.error, f"{run.stage} raised:")
     if not run.has_sample:
         skip(f"the plugin provides no sample request (no {SAMPLE_HOOK}() on its class)")
     if run.model is None:

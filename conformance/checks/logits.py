@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from packaging.version import InvalidVersion, Version
 
-from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
+from conformance.checks.general import (
+    ENGINE_RUN_TIMEOUT_S,
+    fail_engine_run,
+    skip_if_engine_missing,
+)
 from conformance.context import CheckContext
 from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.logits import (
@@ -408,7 +412,7 @@ def check_engine_run(ctx: CheckContext) -> None:
     if engine.error is not None:
         requests = "\n  ".join(engine.requests)
         shown = f"Requests (two slots):\n  {requests}\n" if requests else ""
-        fail_on(engine.error, f"{shown}{engine.stage} {where} raised:")
+        fail_engine_run(ctx, engine.error, f"{shown}{engine.stage} {where} raised:")
     if engine.tokens != list(ENGINE_LENGTHS):
         fail(
             f"Requests asked for {list(ENGINE_LENGTHS)} tokens (EOS ignored) {where} and got "

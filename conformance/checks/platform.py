@@ -13,7 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import fields
 
-from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
+from conformance.checks.general import (
+    ENGINE_RUN_TIMEOUT_S,
+    fail_engine_run,
+    skip_if_engine_missing,
+)
 from conformance.context import CheckContext, observation
 from conformance.framework import check, fail, fail_on, skip
 from conformance.probes.platform import (
@@ -615,7 +619,7 @@ def check_worker_runs(ctx: CheckContext) -> None:
             # An engine process's failure reaches the LLM only as 'see root cause above'.
             reported = "\n  ".join(causes)
             head = f"The engine's processes reported:\n  {reported}\n{head}"
-        fail_on(engine.error, head)
+        fail_engine_run(ctx, engine.error, head)
     if engine.platform != name:
         fail(
             f"The engine resolved {engine.platform}, not {name}, so the "

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from conformance.checks.general import ENGINE_RUN_TIMEOUT_S, skip_if_engine_missing
+from conformance.checks.general import (
+    ENGINE_RUN_TIMEOUT_S,
+    fail_engine_run,
+    skip_if_engine_missing,
+)
 from conformance.context import CheckContext
 from conformance.framework import check, fail, fail_on
 from conformance.probes.data import ExceptionInfo
@@ -280,7 +284,7 @@ def check_engine_run(ctx: CheckContext) -> None:
         first = run.errors[0]
         fail_on(first.error, f"The engine's {first.call}(...) call raised:")
     if run.error is not None:
-        fail_on(run.error, f"AsyncLLM failed while {run.stage}:")
+        fail_engine_run(ctx, run.error, f"AsyncLLM failed while {run.stage}:")
     if run.timed_out:
         fail(
             f"AsyncLLM failed while {run.stage}: no result within {STEP_TIMEOUT_S} s "

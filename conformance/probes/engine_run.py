@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from typing import Any
+
+from conformance.probes import runtime
+from conformance.probes.data import ExceptionInfo
 
 #: What an engine run needs besides the engine: the model stack and the checkpoint generators.
 ENGINE_RUN_DEPS = ("torch", "transformers", "safetensors", "tokenizers")
@@ -44,3 +48,37 @@ def shut(llm: Any) -> None:
         llm.shutdown()
     except Exception:
         pass
+
+
+@dataclass
+class BareEngine:
+    """Whether this engine starts a model here at all, with no plugin installed."""
+
+    #: The model stack's modules not installed here (nothing was tried).
+    missing: list[str] = field(default_factory=list)
+    #: The step that raised, and what it raised (None: the engine generated a token).
+    stage: str | None = None
+    error: ExceptionInfo | None = None
+
+
+def start_bare_engine() -> BareEngine:
+    """`LLM` on a tiny generated Llama, one token for one prompt: run with no plugin visible,
+    it tells a plugin's engine-run failure from an engine that cannot run a model in this
+    build or on this machine (a Python-only vLLM, too little memory, a broken install)."""
+    obs = BareEngine(missing=missing_engine_deps())
+    if obs.missing:
+        return obs
+    try:
+        from vllm import LLM, SamplingParams
+
+        obs.stage = "generating the checkpoint"
+        model = tiny_checkpoint("llama")
+        obs.stage = "LLM(model=tiny_llama) with no plugin installed"
+        llm = LLM(model=model, **UNIPROCESS_ENGINE)
+        obs.stage = "LLM.generate(1 prompt, 1 token) with no plugin installed"
+        llm.generate(["hello"], SamplingParams(max_tokens=1, temperature=0))
+        obs.stage = None
+        shut(llm)
+    except BaseException as exc:
+        obs.error = runtime.capture(exc)
+    return obs
