@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from conformance.drift.scan import module_level, scan_target, source_files
+from conformance.drift.scan import ImportRef, module_level, scan_target, source_files
 from conformance.target import Target
 
 #: The engine's own distributions, and torch: never "missing" for a plugin (the engine brings
@@ -172,21 +172,29 @@ def undeclared_imports(target: Target) -> tuple[list[Found], dict[str, str]]:
     return found, unreadable
 
 
-def unprovided_by_reference(target: Target) -> list[Found]:
-    """`vllm.*` modules the plugin imports at run time that the reference does not answer."""
+def reference_modules() -> set[str]:
+    """Every `vllm.*` module path the reference answers: its surface table, the packages
+    above the table's paths, and `vllm` itself."""
     from reference.surface import SURFACE, _intermediate_packages
 
-    provided = set(SURFACE) | _intermediate_packages(SURFACE) | {"vllm"}
-    found = []
-    for ref in scan_target(target).imports:
-        if not ref.runtime:
-            continue
-        module = ref.module
-        # `from vllm.x import y` may name a submodule the surface answers.
-        candidates = {module, f"{module}.{ref.name}"} if ref.name else {module}
-        if not candidates & provided:
-            found.append(Found(module, ref.file, ref.line))
-    return found
+    return set(SURFACE) | _intermediate_packages(SURFACE) | {"vllm"}
+
+
+def provides(modules: set[str], ref: ImportRef) -> bool:
+    """Whether an engine answering `modules` answers the module `ref` imports."""
+    # `from vllm.x import y` may name a submodule the engine answers.
+    candidates = {ref.module, f"{ref.module}.{ref.name}"} if ref.name else {ref.module}
+    return bool(candidates & modules)
+
+
+def unprovided_by_reference(target: Target) -> list[Found]:
+    """`vllm.*` modules the plugin imports at run time that the reference does not answer."""
+    provided = reference_modules()
+    return [
+        Found(ref.module, ref.file, ref.line)
+        for ref in scan_target(target).imports
+        if ref.runtime and not provides(provided, ref)
+    ]
 
 
 def run_preflight(target: Target, engine: str) -> Preflight:

@@ -44,6 +44,8 @@ class ImportRef:
     line: int
     typing_only: bool = False
     guarded: bool = False
+    #: inside a function body: it runs when the function is called, not at import
+    nested: bool = False
 
     @property
     def runtime(self) -> bool:
@@ -199,12 +201,20 @@ class _Visitor(ast.NodeVisitor):
         self.package = module if is_package else module.rpartition(".")[0]
         self.imports: list[ImportRef] = []
         self.bindings: dict[str, str] = {}
-        self._typing = self._guarded = 0
+        self._typing = self._guarded = self._nested = 0
 
     def _add(self, module: str, name: str | None, node: ast.stmt | ast.expr) -> None:
         if module == "vllm" or module.startswith("vllm."):
             self.imports.append(
-                ImportRef(module, name, self.file, node.lineno, self._typing > 0, self._guarded > 0)
+                ImportRef(
+                    module,
+                    name,
+                    self.file,
+                    node.lineno,
+                    self._typing > 0,
+                    self._guarded > 0,
+                    self._nested > 0,
+                )
             )
 
     def visit_Import(self, node: ast.Import) -> None:
@@ -260,6 +270,23 @@ class _Visitor(ast.NodeVisitor):
             self.visit(statement)
 
     visit_TryStar = visit_Try
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        # Decorators, defaults and annotations run at definition time; the body when called.
+        for child in [*node.decorator_list, node.args, *filter(None, [node.returns])]:
+            self.visit(child)
+        self._nested += 1
+        for statement in node.body:
+            self.visit(statement)
+        self._nested -= 1
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self.visit(node.args)
+        self._nested += 1
+        self.visit(node.body)
+        self._nested -= 1
 
     def visit_With(self, node: ast.With) -> None:
         guard = any(_suppresses_import_error(item.context_expr) for item in node.items)
