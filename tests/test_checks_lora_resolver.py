@@ -127,7 +127,7 @@ def test_good_fixtures_pass_or_skip_for_want_of_a_resolver(fixture):
 def test_a_plugin_without_a_resolver_is_told_about_the_hook():
     result = run_group(inline_target("nothing", "def register():\n    pass\n"))
     assert result["lora_resolver.async"].status == "skipped"
-    assert "no (its entry-point module defines none) conformance_setup" in (
+    assert "no conformance_setup(workdir) hook, as its entry-point module defines none" in (
         result["lora_resolver.async"].message
     )
 

@@ -41,10 +41,14 @@ def lora_run(ctx: CheckContext) -> ResolverObservation:
         )
         fail_on(run.setup_error, f"{where} raised:")
     if not run.resolvers:
-        hook = "its" if run.hook else "no (its entry-point module defines none)"
+        hook = (
+            f"its {SETUP_HOOK}(workdir) hook run"
+            if run.hook
+            else f"no {SETUP_HOOK}(workdir) hook, as its entry-point module defines none"
+        )
         skip(
             "the plugin registers no LoRA resolver (tried with VLLM_LORA_RESOLVER_CACHE_DIR "
-            f"set, VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 and {hook} {SETUP_HOOK}(workdir) hook)"
+            f"set, VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 and {hook})"
         )
     return run
 
