@@ -201,45 +201,60 @@ def test_the_real_vllm_suggestion_offers_a_managed_environment_only_where_it_can
     ), "--vllm refuses an installed distribution, so it is not suggested for one"
 
 
-#: An engine build that cannot run a model (a Python-only vLLM, say): the engine's own code
-#: raises while `LLM` builds its engine core.
+#: An engine build that cannot run a model (a Python-only vLLM, say), in every probe
+#: interpreter: the engine's own code raises while `LLM` builds its engine core. Installed as
+#: a sitecustomize that patches the reference's engine module when it is first imported.
 NO_MODEL_RUNS = """
-import sys
-import vllm
+import importlib.abc, sys
 
-def _cannot(*args, **kwargs):
-    raise RuntimeError("this build has no model runner (VLLM_TARGET_DEVICE=empty)")
+class _Patch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "reference.engine.llm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
 
-sys.modules[vllm.LLM.__module__].EngineCore = _cannot
+        def exec_module(module):
+            run(module)
+
+            def cannot(*args, **kwargs):
+                raise RuntimeError("this build has no model runner (VLLM_TARGET_DEVICE=empty)")
+
+            module.EngineCore = cannot
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+import importlib.util
+sys.meta_path.insert(0, _Patch())
 """
 
 
-def _models_run(engine_patch: str = ""):
-    from conformance.context import Session
-    from conformance.runner import exit_code, plan, run_planned, verdict
-
-    target = resolve_target("vllm_add_dummy_model")
-    session = Session(target, engine_patch=engine_patch)
-    with target:
-        results = [
-            run_planned(session, item)
-            for item in plan(target, session.contract)
-            if item.check.id in ("general.loadable", "general.runs", "general.models-run")
-        ]
-    return {r.id: r for r in results}, verdict(results), exit_code(results)
-
-
-def test_an_engine_that_cannot_start_a_model_here_makes_engine_runs_inconclusive():
+@pytest.mark.slow
+def test_an_engine_that_cannot_start_a_model_here_is_inconclusive_on_both_fronts(
+    tmp_path, capsys, pytester, monkeypatch
+):
     for module in ("torch", "transformers", "safetensors"):
         pytest.importorskip(module)
-    results, verdict, code = _models_run(NO_MODEL_RUNS)
-    run = results["general.models-run"]
-    assert run.status == "inconclusive", run.message
-    assert "cannot start a model in this build or on this machine" in run.message
-    assert "no model runner (VLLM_TARGET_DEVICE=empty)" in run.message, "the engine's own words"
-    assert "--vllm VERSION" in run.message, "the command that would judge it"
-    assert (verdict, code) == ("incomplete", 3)
-    # Where the engine runs models, the same check judges the plugin.
-    results, verdict, code = _models_run()
-    assert results["general.models-run"].status == "passed"
-    assert (verdict, code) == ("certified", 0)
+    from conformance.overlay import fixtures_root
+
+    project = fixtures_root() / "vllm_add_dummy_model"
+    # Where the engine runs models, the engine run judges the plugin.
+    code, report, _ = _cli(project, tmp_path / "working", capsys)
+    assert _statuses(report)["general.models-run"] == "passed"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_MODEL_RUNS)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    code, report, _ = _cli(project, tmp_path, capsys)
+    run = next(c for c in report["checks"] if c["id"] == "general.models-run")
+    assert run["status"] == "inconclusive", run["message"]
+    assert "cannot start a model in this build or on this machine" in run["message"]
+    assert "no model runner (VLLM_TARGET_DEVICE=empty)" in run["message"], "the engine's words"
+    assert "--vllm VERSION" in run["message"], "the command that would judge it"
+    assert "failed" not in _statuses(report).values(), "nothing blamed on the plugin"
+    assert report["summary"]["verdict"] == "incomplete" and code == 3
+    ret, pytest_report = _pytest(pytester, project, tmp_path)
+    assert ret == 3 and pytest_report["summary"]["verdict"] == "incomplete"
+    assert _statuses(pytest_report) == _statuses(report)
