@@ -226,6 +226,18 @@ def test_an_honest_argmax_claim_passes():
     assert results["logits.batch-updates"].status == "passed"
 
 
+def test_the_processor_is_built_with_the_full_config_an_engine_hands_it():
+    pytest.importorskip("torch")
+    body = """def __init__(self, vllm_config, req_states):
+        super().__init__(vllm_config, req_states)
+        # Sized as real processors size themselves: from the served model and the scheduler.
+        self.sizes = (vllm_config.model_config.max_model_len,
+                      vllm_config.scheduler_config.max_num_seqs)"""
+    results = run_group(minimal_v2("config_reader", body))
+    for check_id in ("logits.constructs", "logits.apply-preserves-shape", "logits.batch-updates"):
+        assert results[check_id].status == "passed", results[check_id].message
+
+
 def test_an_older_contract_judges_the_subclass_by_the_v1_interface():
     only = {"logits.subclass"}
     v1 = resolve_target("logits.subclass")

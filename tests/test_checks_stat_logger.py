@@ -118,6 +118,23 @@ def test_the_dummy_stat_logger_fixture_passes_every_stat_logger_check():
         assert result.status == "passed", f"{check_id}: {result.message}"
 
 
+def test_the_logger_is_built_with_the_full_config_of_a_served_model():
+    # As vLLM's own Prometheus logger does: it labels metrics with the served model's name.
+    reads_config = PER_ENGINE.format(record_body="pass").replace(
+        "            self.engine_index = engine_index\n",
+        "            self.engine_index = engine_index\n"
+        "            model_config = vllm_config.model_config\n"
+        "            self.labels = (model_config.served_model_name or model_config.model,\n"
+        "                           model_config.max_model_len)\n",
+    )
+    assert "served_model_name" in reads_config
+    results = run_group(inline_logger("config_reader", reads_config))
+    assert results["stat_logger.constructs"].status == "passed", results[
+        "stat_logger.constructs"
+    ].message
+    assert results["stat_logger.records"].status == "passed"
+
+
 def test_an_aggregate_logger_is_built_by_keywords_and_gets_the_aggregate_calls():
     source = """
         from vllm.v1.metrics.loggers import AggregateStatLoggerBase

@@ -204,13 +204,13 @@ def check_constructs(ctx: CheckContext) -> None:
     if construct is None:
         fail("The processor was not constructed, for no reason the probe could see.")
     if construct.error is not None:
-        notes = [init_hint(run.interface, construct.init_params)]
         if construct.config_error is not None:
-            notes.append(
-                "(The harness could not build a VllmConfig(), so the processor was given None: "
-                f"{construct.config_error.headline})"
+            inconclusive(
+                "this engine could not build the config an engine hands the processor, so it "
+                f"was given None ({construct.config_error.headline}), and then raised"
             )
-        shown = "".join(f"{note}\n" for note in notes if note)
+        hint = init_hint(run.interface, construct.init_params)
+        shown = f"{hint}\n" if hint else ""
         fail_on(construct.error, f"{shown}{construct.call} raised:")
 
 

@@ -19,7 +19,7 @@ from conformance.checks.general import (
     skip_if_engine_missing,
 )
 from conformance.context import CheckContext
-from conformance.framework import check, fail, fail_on
+from conformance.framework import check, fail, fail_on, inconclusive
 from conformance.probes.data import ExceptionInfo
 from conformance.probes.stat_logger import (
     ENGINE_INDEXES,
@@ -132,12 +132,19 @@ def _class(ctx: CheckContext) -> tuple[StatLoggerObservation, LoggerClass]:
 
 
 def _drive(ctx: CheckContext) -> StatLoggerDrive:
-    """The class built and fed as the engine does."""
-    return ctx.observe(
+    """The class built and fed as the engine does, with the full config of a served model
+    (inconclusive where this engine cannot build one)."""
+    drive = ctx.observe(
         drive_stat_logger,
         env=_plugins_env(ctx),
         purpose="that builds and feeds the stat logger",
     )
+    if drive.config_error is not None:
+        inconclusive(
+            "this engine could not build the config it hands a stat logger (a served model's): "
+            f"{drive.config_error.headline}"
+        )
+    return drive
 
 
 def _fail_not_loadable(run: StatLoggerObservation, problem: str) -> NoReturn:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from conformance.probes import runtime
@@ -25,6 +28,36 @@ UNIPROCESS_ENGINE: dict[str, Any] = {
     "distributed_executor_backend": "uni",
     **SMALL_ENGINE,
 }
+
+
+#: The `config.json` of the model the harness serves where no model of the plugin's is needed: a
+#: tiny Llama. Building an engine's config reads only this file, no weights.
+TINY_LLAMA_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-6,
+    "torch_dtype": "float32",
+}
+
+
+def served_config(model: str | None = None, **engine_args: Any) -> Any:
+    """The `VllmConfig` an engine builds to serve `model` (a checkpoint directory; default: the
+    tiny Llama's config alone) with `engine_args`: the full config vLLM hands the plugin objects
+    it constructs (model, scheduler, cache and parallel configs all set), never a bare
+    `VllmConfig()`, whose `model_config` is None on vLLM."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    if model is None:
+        model = tempfile.mkdtemp(prefix="served-model-")
+        (Path(model) / "config.json").write_text(json.dumps(TINY_LLAMA_CONFIG))
+    return EngineArgs(model=model, **{**SMALL_ENGINE, **engine_args}).create_engine_config()
 
 
 def missing_engine_deps() -> list[str]:

@@ -297,35 +297,16 @@ def _reject(processor: Any, shown: str, value: Any, jtype: str) -> Rejection:
     return entry
 
 
-#: The `config.json` of the pooling model the harness serves when it has none of the plugin's
-#: own: a tiny Llama, which `--runner pooling` converts to an embedding model. Reading a
-#: config needs no weights.
-GENERIC_POOLING_MODEL = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 256,
-    "max_position_embeddings": 128,
-    "rms_norm_eps": 1e-6,
-    "torch_dtype": "float32",
-}
-
-
 def served_config(name: str) -> tuple[Any, str]:
     """The `VllmConfig` a server builds before it constructs the IO processor `name`: the
     full config of the pooling model it serves (its pooler config included), with
     `io_processor_plugin` set. The model is the one the harness generates for this plugin
-    where it has one that this engine serves, else `GENERIC_POOLING_MODEL`. Returns the
+    where it has one that this engine serves, else the tiny Llama's. Returns the
     config and the model in words."""
-    from vllm.engine.arg_utils import EngineArgs
     from vllm.plugins import load_general_plugins
 
     load_general_plugins()  # as a server does first: they may register the model's class
-    model, words = None, ""
+    model = None
     try:
         model = generated_checkpoint(name)
     except Exception:
@@ -335,13 +316,10 @@ def served_config(name: str) -> tuple[Any, str]:
     else:
         # The plugin's own model cannot be made or served here (real vLLM reads no config of
         # a model type it does not know): a generic pooling model stands in.
-        model = tempfile.mkdtemp(prefix="pooling-model-")
-        (Path(model) / "config.json").write_text(json.dumps(GENERIC_POOLING_MODEL))
+        model = None
         words = "a tiny Llama served as a pooling model (--runner pooling)"
-    args = EngineArgs(
-        model=model, runner="pooling", io_processor_plugin=name, **engine_run.SMALL_ENGINE
-    )
-    return args.create_engine_config(), words
+    config = engine_run.served_config(model, runner="pooling", io_processor_plugin=name)
+    return config, words
 
 
 def drive_io_processor(group: str, name: str, qualname: str) -> IOProcessorDrive:

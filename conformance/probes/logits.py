@@ -763,11 +763,10 @@ def observe_batch(runner: SimulatedRunner) -> BatchObservation:
 
 
 def default_config() -> tuple[Any, ExceptionInfo | None]:
-    """A default `VllmConfig()`, or None and why it could not be built."""
+    """The config an engine hands the processor (a served tiny Llama's, two slots), or None and
+    why it could not be built."""
     try:
-        from vllm.config import VllmConfig
-
-        return VllmConfig(), None
+        return engine_run.served_config(max_num_seqs=2, max_model_len=128), None
     except BaseException as exc:
         return None, runtime.capture(exc)
 

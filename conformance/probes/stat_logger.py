@@ -103,6 +103,8 @@ class CallError:
 
 @dataclass
 class StatLoggerDrive:
+    #: What building the engine's config raised (nothing else was done then).
+    config_error: ExceptionInfo | None = None
     aggregate: bool = False
     construct_error: ExceptionInfo | None = None
     #: Engine index -> the type of the per-engine instance the adapter built.
@@ -237,13 +239,16 @@ def _steps(logger: Any, aggregate: bool) -> list[tuple[str, Callable[[], Any]]]:
 def drive_stat_logger(group: str, name: str) -> StatLoggerDrive:
     """Build the class as the engine's manager does and make every call the frontend makes."""
     import vllm.v1.metrics.loggers as loggers
-    from vllm.config import VllmConfig
 
-    config = VllmConfig()
+    obs = StatLoggerDrive()
+    try:
+        config = engine_run.served_config()  # the full config of a served model, as the engine's
+    except Exception as exc:
+        obs.config_error = runtime.capture(exc)
+        return obs
     config.cache_config.num_gpu_blocks = 2048  # the engine knows it by the time it logs
     config.parallel_config.data_parallel_size = len(ENGINE_INDEXES)
     cls = runtime.load_entry_point(group, name)
-    obs = StatLoggerDrive()
     obs.aggregate = isinstance(cls, type) and issubclass(cls, loggers.AggregateStatLoggerBase)
     if obs.aggregate:
         logger, obs.construct_error = runtime.attempt(
