@@ -170,7 +170,9 @@ def load_endpoint_plugins(supported_tasks: tuple[str, ...] | None = None) -> lis
         except Exception:
             logger.exception("Failed to instantiate endpoint plugin %s", name)
             continue
-        required = getattr(plugin, "required_tasks", None)
+        # Read without a default, as vLLM does: a plugin without the attribute stops the
+        # server's start-up with AttributeError.
+        required = plugin.required_tasks
         if required is not None and (
             supported_tasks is None or not set(required) & set(supported_tasks)
         ):

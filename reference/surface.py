@@ -56,6 +56,10 @@ SURFACE: dict[str, str] = {
     "vllm.plugins.io_processors": "reference.io_processors",
     "vllm.plugins.io_processors.interface": "reference.io_processors",
     "vllm.renderers": "reference.io_processors",
+    # endpoint plugins and the task names they require
+    "vllm.plugins.endpoint_plugins": "reference.endpoints",
+    "vllm.plugins.endpoint_plugins.interface": "reference.endpoints",
+    "vllm.tasks": "reference.tasks",
     # LoRA
     "vllm.lora.request": "reference.lora.request",
     "vllm.lora.resolver": "reference.lora.resolver",
