@@ -10,11 +10,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from conformance import __version__
 from conformance.context import Session, contract_problem
 from conformance.drift import command as drift_command
 from conformance.framework import load_catalog
+from conformance.measure import CoverageUnavailable, Measurement
+from conformance.measure import render_console as render_coverage
 from conformance.overlay import fixture_names
 from conformance.preflight import render_preflight, run_preflight
 from conformance.probe import ENGINE_CHOICES, ENGINES, resolve_engine
@@ -93,6 +96,7 @@ def _certify(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     expected = _expected_failures(args.expected_failures)
     _check_selection(args)
+    measurement = _measurement(args)
     started = time.perf_counter()
     args.engine, why = resolve_engine(args.engine)
     problem = contract_problem(args.engine, args.contract)
@@ -117,13 +121,19 @@ def _certify(args: argparse.Namespace) -> int:
         only=args.only,
         exclude=args.exclude,
         contract=args.contract,
+        measurement=measurement,
     )
     print(render_console(results, args.strict, progress_shown=not args.quiet))
+    coverage = _coverage_summary(measurement)
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
         contract = Session(target, args.engine, contract_version=args.contract).contract
         report = build_report(
-            plugin_subject(target), engine_info(args.engine, contract), results, args.strict
+            plugin_subject(target),
+            engine_info(args.engine, contract),
+            results,
+            args.strict,
+            coverage=coverage,
         )
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
@@ -175,9 +185,33 @@ def _certify_in_managed_env(args: argparse.Namespace) -> int:
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--strict"] * bool(args.strict) + ["--quiet"] * bool(args.quiet)
+    argv += ["--coverage"] * bool(args.coverage)
     argv += [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
     env_vars = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     return subprocess.call(argv, env=env_vars, stdin=subprocess.DEVNULL)
+
+
+def _measurement(args: argparse.Namespace) -> Measurement | None:
+    """The coverage measurement `--coverage` asks for (a usage error without coverage.py)."""
+    if not args.coverage:
+        return None
+    try:
+        return Measurement()
+    except CoverageUnavailable as exc:
+        raise UsageError(f"--coverage: {exc}") from None
+
+
+def _coverage_summary(measurement: Measurement | None) -> dict[str, Any] | None:
+    """Print and return what the measurement found (its files are removed)."""
+    if measurement is None:
+        return None
+    try:
+        summary = measurement.summary()
+    finally:
+        measurement.cleanup()
+    if summary is not None:
+        print("\n".join(render_coverage(summary)))
+    return summary
 
 
 def _print_progress(result: CheckResult) -> None:
@@ -192,14 +226,19 @@ def _engine(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--patch: cannot read {args.patch}: {exc}") from None
     _check_selection(args)
+    measurement = _measurement(args)
     started = time.perf_counter()
-    results = run_engine_checks(args.engine, patch, only=args.only, exclude=args.exclude)
+    results = run_engine_checks(
+        args.engine, patch, only=args.only, exclude=args.exclude, measurement=measurement
+    )
     print(f"engine {args.engine}: {len(results)} engine checks")
     print(render_console(results))
+    coverage = _coverage_summary(measurement)
     print(f"({time.perf_counter() - started:.1f} s)")
     if args.report_dir:
         contract = Session(engine_target(args.engine), args.engine).contract
-        report = build_report(engine_subject(), engine_info(args.engine, contract), results)
+        engine = engine_info(args.engine, contract)
+        report = build_report(engine_subject(), engine, results, coverage=coverage)
         json_path, md_path = write_reports(report, args.report_dir)
         print(f"reports: {json_path} {md_path}")
     return exit_code(results)
@@ -438,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its behaviour stays vLLM 0.32's, see docs/deviations.md)",
     )
     certify.add_argument(
+        "--coverage",
+        action="store_true",
+        help="measure which of the plugin's lines the checks execute (needs coverage.py); "
+        "the verdict does not change",
+    )
+    certify.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -453,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch",
         help="Python run in every scenario after the engine is mounted (how the harness's own "
         "tests break an engine on purpose)",
+    )
+    engine.add_argument(
+        "--coverage",
+        action="store_true",
+        help="measure which lines of the engine's plugin-contract code the scenarios execute "
+        "(needs coverage.py)",
     )
     _add_selection(engine)
     engine.set_defaults(func=_engine)

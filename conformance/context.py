@@ -68,6 +68,8 @@ class Session:
     #: Code run after the engine is mounted and before each probe function: how the harness's
     #: own tests break an engine on purpose (the engine mutants).
     engine_patch: str = ""
+    #: A coverage.py configuration file every probe measures its lines under (`--coverage`).
+    coverage: str | None = None
     #: The plugin-contract version to judge by (`--contract`), or None for the engine's own:
     #: the reference's, or the installed vLLM's release.
     contract_version: str | None = None
@@ -101,6 +103,7 @@ class Session:
                 env=env,
                 timeout=timeout or self.timeout,
                 patch=self.engine_patch,
+                coverage=self.coverage,
                 **({"visible": []} if bare else self.target.probe_settings()),  # type: ignore[arg-type]
             )
             if result.status == "timeout":

@@ -28,6 +28,7 @@ GROUPS: dict[str, str | None] = {
     "stat_logger": "vllm.stat_logger_plugins",
     "io_processor": "vllm.io_processor_plugins",
     "logits": "vllm.logits_processors",
+    "endpoint": "vllm.endpoint_plugins",
     "engine": None,
     "drift": None,
 }
@@ -40,6 +41,7 @@ MODULES = (
     "stat_logger",
     "io_processor",
     "logits",
+    "endpoint",
     "engine",
     "drift",
 )

@@ -211,6 +211,7 @@ def run_probe(
     visible: Sequence[str] = (),
     inherit_vllm_env: bool = False,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    coverage: str | None = None,
 ) -> ProbeResult:
     """Run `call` ("package.module:function", called with `args` as keywords) or `code` in a
     fresh interpreter and report what happened.
@@ -228,7 +229,9 @@ def run_probe(
     with `None`, remove) variables; inherited `VLLM_*` variables are dropped unless
     `inherit_vllm_env`. With `exclusive`, only the overlay's distributions, the engine's own
     and the installed distributions named in `visible` contribute `vllm.*` entry points, so
-    other installed plugins cannot change the outcome.
+    other installed plugins cannot change the outcome. `coverage` is a coverage.py
+    configuration file (`conformance.measure.Measurement.start`): the probe, and the Python
+    processes it starts, measure their lines under it.
     """
     if (call is None) == (not code):
         raise ValueError("run_probe needs exactly one of `code` and `call`.")
@@ -252,8 +255,14 @@ def run_probe(
             "sys_path": overlay_paths,
             "exclusive": exclusive,
             "visible": sorted(normalize_dist_name(name) for name in visible),
+            "coverage": coverage,
         }
         scenario_path.write_text(json.dumps(scenario), encoding="utf-8")
+        if coverage:
+            # coverage.py's start-up hook (its .pth) measures the probe from its first import.
+            # A surrounding measurement's settings (this suite's own, in CI) would win over it.
+            outer = {"COVERAGE_PROCESS_CONFIG": None, "COVERAGE_FILE": None}
+            env = {**(env or {}), **outer, "COVERAGE_PROCESS_START": coverage}
         cmd = [sys.executable, "-m", "conformance.probe", str(scenario_path), str(result_path)]
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -415,8 +424,20 @@ def _run_scenario(scenario: dict[str, Any], probe: Any) -> Any:
     return to_json(function(**scenario["args"]))
 
 
+def _start_coverage(config: str) -> None:
+    """Measure this interpreter, if coverage.py's start-up hook has not (no .pth, `python -S`):
+    from here on, before the plugin is imported. The configuration's `_exit` patch saves the
+    data when the probe ends with `os._exit`."""
+    import coverage
+
+    if coverage.Coverage.current() is None:
+        coverage.Coverage(config_file=config).start()
+
+
 def _child_main(scenario_path: str, result_path: str) -> None:
     scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
+    if scenario.get("coverage"):
+        _start_coverage(scenario["coverage"])
     for path in reversed(scenario["sys_path"]):
         sys.path.insert(0, path)
     if scenario["sys_path"]:

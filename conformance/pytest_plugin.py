@@ -19,6 +19,8 @@ import pytest
 
 from conformance.context import Session, contract_problem
 from conformance.framework import load_catalog
+from conformance.measure import CoverageUnavailable, Measurement, plugin_scope
+from conformance.measure import render_console as render_coverage
 from conformance.overlay import Overlay
 from conformance.preflight import render_preflight, run_preflight
 from conformance.probe import ENGINE_CHOICES, ProbeResult, resolve_engine, run_probe
@@ -37,6 +39,8 @@ from conformance.target import TargetError, resolve_target
 ENV_VAR = "VLLM_CONFORMANCE_PLUGIN"
 COLLECTOR_NAME = "vllm-conformance"
 _STATE = pytest.StashKey["_RunState"]()
+#: The key of `workerinput` that hands the coverage directory to pytest-xdist workers.
+COVERAGE_DIR = "vllm_conformance_coverage"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,6 +88,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="judge by the rules of this plugin-contract version (the reference engine only)",
     )
     group.addoption(
+        "--plugin-coverage",
+        action="store_true",
+        default=False,
+        help="measure which of the plugin's lines the checks execute (needs coverage.py); the "
+        "verdict does not change",
+    )
+    group.addoption(
         "--certify",
         action="store_true",
         default=False,
@@ -121,9 +132,23 @@ class _RunState:
         self.expected = _read_expected_failures(config.getoption("expected_failures"))
         self.results: dict[str, CheckResult] = {}
         self.report_path: str | None = None
+        self.measurement = _measurement(config)
+        self.coverage: dict[str, Any] | None = None
 
     def planned(self) -> list[Planned]:
         return plan(self.target, self.session.contract)
+
+    def measure(self) -> None:
+        """Start measuring the plugin's lines in this process's probes (once, lazily: only
+        processes that run checks measure)."""
+        if self.measurement is not None and self.session.coverage is None:
+            self.session.coverage = self.measurement.start(plugin_scope(self.target))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        # pytest-xdist: every worker measures into the controller's directory.
+        if self.measurement is not None:
+            node.workerinput[COVERAGE_DIR] = str(self.measurement.directory)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Runs on the xdist controller too: worker reports arrive with their user_properties.
@@ -131,6 +156,18 @@ class _RunState:
             if key == "conformance":
                 result = CheckResult(**json.loads(value))
                 self.results[f"{result.id}[{result.entry_point}]"] = result
+
+
+def _measurement(config: pytest.Config) -> Measurement | None:
+    """`--plugin-coverage`'s measurement: a new directory, or on an xdist worker the
+    controller's (a usage error without coverage.py)."""
+    if not config.getoption("plugin_coverage"):
+        return None
+    directory = getattr(config, "workerinput", {}).get(COVERAGE_DIR)
+    try:
+        return Measurement(directory)
+    except CoverageUnavailable as exc:
+        raise pytest.UsageError(f"--plugin-coverage: {exc}") from None
 
 
 def _read_expected_failures(path: str | None) -> dict[str, str]:
@@ -180,6 +217,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is not None:
         state.target.cleanup()
+        if state.measurement is not None:
+            state.measurement.cleanup()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -224,6 +263,7 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         state: _RunState = self.config.stash[_STATE]
+        state.measure()
         result = run_planned(state.session, self.planned, state.expected)
         self.user_properties.append(("conformance", json.dumps(result.to_json())))
         if result.status == "failed" and result.level == "recommended" and not state.strict:
@@ -265,8 +305,12 @@ def pytest_collection_modifyitems(
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     state = config.stash.get(_STATE, None)
+    if state is not None and state.measurement is not None:
+        state.measurement.collect()  # before the target's overlay is cleaned up
     if state is None or hasattr(config, "workerinput"):
         return
+    if state.measurement is not None:
+        state.coverage = state.measurement.summary()
     directory = config.getoption("conformance_report")
     results = [state.results[key] for key in sorted(state.results)]
     if directory:
@@ -275,6 +319,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             engine_info(state.engine, state.session.contract),
             results,
             state.strict,
+            coverage=state.coverage,
         )
         json_path, _ = write_reports(report, directory)
         state.report_path = str(json_path)
@@ -298,6 +343,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(
             f"{state.target.name}: {verdict(results, state.strict)} ({len(results)} checks)"
         )
+    if state.coverage is not None:
+        for line in render_coverage(state.coverage):
+            terminalreporter.write_line(line)
     if state.report_path:
         terminalreporter.write_line(f"report: {state.report_path}")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance import __version__ as HARNESS_VERSION
+from conformance.measure import render_markdown as render_coverage
 from conformance.runner import STATUSES, CheckResult, verdict
 from conformance.target import Target
 
@@ -47,13 +48,15 @@ def build_report(
     engine: dict[str, str],
     results: Sequence[CheckResult],
     strict: bool = False,
+    coverage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report of design.md §3, schema 2 (`SCHEMA`)."""
+    """The JSON report of design.md §3, schema 2 (`SCHEMA`); `coverage` (a
+    `conformance.measure.summarize` object) is added as the key `coverage` when measured."""
     summary: dict[str, Any] = {status: 0 for status in STATUSES}
     for r in results:
         summary[r.status] += 1
     summary["verdict"] = verdict(results, strict)
-    return {
+    report = {
         "schema": SCHEMA,
         "subject": subject,
         "engine": engine,
@@ -62,6 +65,9 @@ def build_report(
         "checks": [r.to_json() for r in results],
         "summary": summary,
     }
+    if coverage is not None:
+        report["coverage"] = coverage
+    return report
 
 
 def plugin_subject(target: Target) -> dict[str, Any]:
@@ -129,6 +135,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if skipped:
         lines += ["", "## Capability skips", ""]
         lines += [f"- `{c['id']}` {c['entry_point'] or ''}: {c['message']}" for c in skipped]
+    if report.get("coverage"):
+        lines += ["", *render_coverage(report["coverage"])]
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ from conformance.framework import (
     Inconclusive,
     load_catalog,
 )
+from conformance.measure import Measurement, engine_scope, plugin_scope
 from conformance.probes.data import ExceptionInfo
 from conformance.target import EntryPointInfo, Target
 from reference._version import CONTRACT_VERSION
@@ -362,15 +363,21 @@ def run_engine_checks(
     on_result: Callable[[CheckResult], None] | None = None,
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    measurement: Measurement | None = None,
 ) -> list[CheckResult]:
-    """Certify an engine: run every `engine.*` check against it with the bundled scenarios."""
+    """Certify an engine: run every `engine.*` check against it with the bundled scenarios
+    (with a `measurement`, the probes measure the engine's plugin-contract code)."""
     session = Session(engine_target(engine), engine, engine_patch=engine_patch)
+    if measurement is not None:
+        session.coverage = measurement.start(engine_scope(engine))
     results = []
     for item in selected(plan_engine(session.contract), only, exclude):
         result = run_planned(session, item)
         results.append(result)
         if on_result is not None:
             on_result(result)
+    if measurement is not None:
+        measurement.collect()
     return results
 
 
@@ -383,20 +390,26 @@ def run_checks(
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
     contract: str | None = None,
+    measurement: Measurement | None = None,
 ) -> list[CheckResult]:
     """Run every applicable check on `target` (those `only`/`exclude` select, see
     `selected`) by the rules of `contract` (default: the engine's own) and return the results
-    in plan order."""
+    in plan order. With a `measurement`, the probes measure the plugin's own lines (coverage
+    never changes an outcome)."""
     session = Session(target, engine, contract_version=contract)
     if timeout is not None:
         session.timeout = timeout
     results = []
     with target:
+        if measurement is not None:
+            session.coverage = measurement.start(plugin_scope(target))
         for item in selected(plan(target, session.contract), only, exclude):
             result = run_planned(session, item, expected_failures)
             results.append(result)
             if on_result is not None:
                 on_result(result)
+        if measurement is not None:
+            measurement.collect()  # while the overlay, and so the measured files, still exist
     return results
 
 

@@ -12,18 +12,21 @@ from conformance.context import Session
 from conformance.framework import load_catalog
 from conformance.overlay import Overlay
 from conformance.runner import CheckResult, plan, run_planned
-from conformance.target import Target
+from conformance.target import EntryPointInfo, Target
 
 #: Without torch, the checks of plugins that need it are inconclusive and a run of such a good
 #: fixture is `incomplete` (exit 3) rather than `certified` (exit 0).
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+#: Without fastapi (the `endpoint` extra) the endpoint plugins' checks are inconclusive too.
+HAS_FASTAPI = importlib.util.find_spec("fastapi") is not None
 GOOD_VERDICT, GOOD_EXIT = ("certified", 0) if HAS_TORCH else ("incomplete", 3)
 
 
 def torch_inconclusive(status: str, message: str) -> bool:
     """A check that could not judge here, in a torch-less environment (torch, or a dependency
-    the plugin declares such as numpy, is missing; or a check it needs could not judge)."""
-    return not HAS_TORCH and status == "inconclusive"
+    the plugin declares such as numpy, is missing; or a check it needs could not judge), or
+    in one without fastapi."""
+    return not (HAS_TORCH and HAS_FASTAPI) and status == "inconclusive"
 
 
 GENERAL = "vllm.general_plugins"
@@ -40,6 +43,16 @@ def add_plugin(
     """Put an inline plugin in `overlay`: `modules` maps module names to (dedented) source."""
     files = {f"{name.replace('.', '/')}.py": textwrap.dedent(src) for name, src in modules.items()}
     return overlay.add_inline(dist, files, entry_points)
+
+
+def inline_target(group: str, name: str, source: str, attr: str) -> Target:
+    """A plugin project `name` of one module, whose entry point `name = name:attr` in `group`
+    is the target (source dedented)."""
+    overlay = Overlay().add_inline(
+        name, {f"{name}/__init__.py": textwrap.dedent(source)}, {group: {name: f"{name}:{attr}"}}
+    )
+    eps = (EntryPointInfo(group, name, f"{name}:{attr}"),)
+    return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
 
 
 @pytest.fixture

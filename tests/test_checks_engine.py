@@ -23,6 +23,7 @@ RAY_CHECK = "engine.plugins-in-ray-workers"
 OBSERVED = {
     "engine.custom-op-replacement": "observed {'class': 'RotaryEmbedding'",
     "engine.discovery-per-group": "'vllm.platform_plugins': ['p1', 'g1', 'io1', 's1']",
+    "engine.endpoint-plugins-opt-in": "observed {'loaded': ['Always', 'EmbedOnly'], 'imported': True}",
     "engine.filter-before-import": "expected ['plug_a'], observed ['plug_a', 'plug_b']",
     "engine.filter-semantics": "VLLM_PLUGINS='a, b'': expected ['a'], observed ['a', 'b']",
     "engine.general-once-per-process": "expected [1, 1], observed [2, 2]",

@@ -13,7 +13,7 @@ from conformance.cli import main
 from conformance.overlay import fixture_names, fixtures_root
 from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.target import mutant_names
-from tests.conftest import GOOD_EXIT, GOOD_VERDICT, torch_inconclusive
+from tests.conftest import GOOD_EXIT, HAS_FASTAPI, torch_inconclusive
 from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
 from tests.test_checks_logits import JUDGED_AS
 
@@ -48,7 +48,7 @@ def test_every_good_fixture_certifies_with_nothing_failed(pytester, tmp_path, fi
     skips = [c["message"] for c in report["checks"] if c["status"] == "skipped"]
     assert all(m.startswith("capability skip:") for m in skips), skips
     unjudged = any(c["status"] == "inconclusive" for c in report["checks"])
-    expected, code = (GOOD_VERDICT, GOOD_EXIT) if unjudged else ("certified", 0)
+    expected, code = ("incomplete", 3) if unjudged else ("certified", 0)
     assert report["summary"]["verdict"] == expected and result.ret == code
 
 
@@ -56,8 +56,13 @@ def test_every_good_fixture_certifies_with_nothing_failed(pytester, tmp_path, fi
 ENGINE_RUNS = ("*.engine-run", "general.models-run", "platform.worker-runs")
 
 
-def _imports_torch(mutant):
-    """Whether the mutant plugin's own code imports torch (read, not run)."""
+#: Optional modules a mutant's code may import: without them its check cannot judge it.
+OPTIONAL_IMPORTS = {"torch", "fastapi"}
+
+
+def _optional_imports(mutant):
+    """The optional modules the mutant plugin's own code imports (read, not run)."""
+    found = set()
     for path in (fixtures_root() / "mutants" / mutant).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -66,15 +71,15 @@ def _imports_torch(mutant):
                 names = [node.module or ""]
             else:
                 continue
-            if any(name.partition(".")[0] == "torch" for name in names):
-                return True
-    return False
+            found |= {name.partition(".")[0] for name in names} & OPTIONAL_IMPORTS
+    return found
 
 
 def _skip_unless_judgeable(mutant):
     """Skip up front, from what is installed here and never from the outcome, a mutant its
-    check cannot judge here: one whose code imports torch, or whose check runs a model."""
-    needs = {"torch"} if _imports_torch(mutant) else set()
+    check cannot judge here: one whose code imports torch or fastapi, or whose check runs a
+    model."""
+    needs = _optional_imports(mutant)
     if any(fnmatch.fnmatchcase(mutant, pattern) for pattern in ENGINE_RUNS):
         needs.update(ENGINE_RUN_DEPS)
     missing = sorted(m for m in needs if importlib.util.find_spec(m) is None)
@@ -111,8 +116,9 @@ def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
 def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
     code = main(["certify", fixture, "--strict"])
     out = capsys.readouterr().out
-    # Without torch, a fixture that needs it is incomplete (exit 3), never not-certified.
-    assert code == 0 or (code, GOOD_EXIT) == (3, 3), out
+    # Without torch (or fastapi), a fixture that needs it is incomplete (exit 3), never
+    # not-certified.
+    assert code == 0 or (code == 3 and (GOOD_EXIT == 3 or not HAS_FASTAPI)), out
 
 
 @pytest.mark.parametrize("mutant", mutant_names())

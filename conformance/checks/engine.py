@@ -27,6 +27,7 @@ PLATFORM = "vllm.platform_plugins"
 STAT_LOGGER = "vllm.stat_logger_plugins"
 IO_PROCESSOR = "vllm.io_processor_plugins"
 LOGITS = "vllm.logits_processors"
+ENDPOINT = "vllm.endpoint_plugins"
 
 COUNTING = "CALLS = []\ndef register():\n    CALLS.append(1)\n"
 
@@ -86,6 +87,7 @@ def _run(
         overlay=overlays,
         env=env,
         timeout=timeout or ctx.session.timeout,
+        coverage=ctx.session.coverage,
     )
     return observation(result, function, f"for scenario '{scenario}'")
 
@@ -249,6 +251,81 @@ def check_register_error_propagates(ctx: CheckContext) -> None:
         },
         {"first": "ValueError: bad plugin", "second_records": 0, "a_calls": 0},
     )
+
+
+ENDPOINT_MODULE = """\
+class Always:
+    required_tasks = None
+
+
+class EmbedOnly:
+    required_tasks = ("embed",)
+
+
+def broken():
+    raise RuntimeError("no endpoint here")
+"""
+ENDPOINT_PLUGINS: Plugin = (
+    "endpoint-plugins",
+    {
+        ENDPOINT: {
+            "always": "ep_mod:Always",
+            "embed_only": "ep_mod:EmbedOnly",
+            "broken": "ep_mod:broken",
+        }
+    },
+    {"ep_mod": ENDPOINT_MODULE},
+)
+
+
+@check(
+    "engine.endpoint-plugins-opt-in",
+    title="endpoint plugins load only when VLLM_PLUGINS names them, and only for tasks served",
+    fix="Follow contract §2.3: without VLLM_PLUGINS warn and load none; call each named "
+    "factory, log and skip one that raises, and skip a plugin whose required_tasks the server "
+    "does not support (or any with required tasks when the supported tasks are None).",
+    since="0.26.0",
+)
+def check_endpoint_opt_in(ctx: CheckContext) -> None:
+    """Endpoint plugins add HTTP routes, so they are opt-in: with `VLLM_PLUGINS` unset none is
+    imported and a WARNING names them; otherwise each named factory is called (one that raises
+    is logged at ERROR and skipped), and a plugin is kept only if its `required_tasks` is None
+    or meets the server's supported tasks, in discovery order."""
+    named = "always,embed_only,broken"
+    # (scenario, VLLM_PLUGINS, the server's supported tasks, the plugins expected, in order)
+    cases = [
+        ("VLLM_PLUGINS unset", None, ["generate"], []),
+        ("all named, serving generate", named, ["generate"], ["Always"]),
+        ("all named, serving embed", named, ["embed"], ["Always", "EmbedOnly"]),
+        ("all named, no supported tasks", named, None, ["Always"]),
+        ("only 'always' named, serving embed", "always", ["embed"], ["Always"]),
+    ]
+    with _overlays(ENDPOINT_PLUGINS) as overlays:
+        for scenario, allowed, tasks, expected in cases:
+            run = _run(
+                ctx,
+                scenarios.load_endpoint_group,
+                scenario,
+                overlays,
+                env={"VLLM_PLUGINS": allowed},
+                module="ep_mod",
+                supported_tasks=tasks,
+            )
+            if run.error is not None:
+                fail_on(run.error, f"Scenario '{scenario}': load_endpoint_plugins raised:")
+            observed = {"loaded": run.loaded, "imported": run.imported}
+            _expect(scenario, observed, {"loaded": expected, "imported": allowed is not None})
+            records = [
+                (r.level, r.message, "no endpoint here" in (r.exc or "")) for r in run.records
+            ]
+            if allowed is None:
+                warned = [m for level, m, _ in records if level == "WARNING"]
+                if not any("VLLM_PLUGINS is not set" in m and "always" in m for m in warned):
+                    fail(f"Scenario '{scenario}': no WARNING names the plugins: {warned}")
+            elif "broken" in allowed:
+                failed = [(m, tb) for level, m, tb in records if level == "ERROR"]
+                error = ("Failed to instantiate endpoint plugin broken", True)
+                _expect(f"{scenario}: ERROR records (message, traceback)", failed, [error])
 
 
 def _resolve(

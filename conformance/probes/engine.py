@@ -125,6 +125,36 @@ def load_general_raising(later: str) -> RaisingLoad:
     return obs
 
 
+@dataclass
+class EndpointLoad:
+    #: The class name of each plugin `load_endpoint_plugins` returned, in order; None if it
+    #: raised.
+    loaded: list[str] | None = None
+    error: ExceptionInfo | None = None
+    #: Whether the scenario's plugin module was imported.
+    imported: bool = False
+    #: WARNING and ERROR records logged while loading.
+    records: list[LogRecord] = field(default_factory=list)
+
+
+def load_endpoint_group(module: str, supported_tasks: list[str] | None) -> EndpointLoad:
+    """`load_endpoint_plugins(supported_tasks)`, as the API server calls it at start-up."""
+    plugins = _plugins()
+    mark = runtime.mark()
+    tasks = None if supported_tasks is None else tuple(supported_tasks)
+    obs = EndpointLoad()
+    found, obs.error = runtime.attempt(plugins.load_endpoint_plugins, tasks)
+    if obs.error is None:
+        obs.loaded = [type(p).__name__ for p in found]
+    obs.imported = module in sys.modules
+    obs.records = [
+        LogRecord(r["level"], r["message"], r["exc"])
+        for r in runtime.records(since=mark)
+        if r["level"] in ("WARNING", "ERROR")
+    ]
+    return obs
+
+
 # --------------------------------------------------------------------------------------------
 # Platforms.
 
