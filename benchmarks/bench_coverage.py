@@ -102,6 +102,7 @@ def source_base(python: str, engine: str) -> Path:
 
 def measure_engine(python: str, engine: str, timeout: int) -> dict[str, Any]:
     args = ["engine", "--engine", engine, "--coverage"]
+    at_start = machine()
     report, wall, _ = run_cli(python, engine, args, timeout)
     coverage = report["coverage"]
     base = source_base(python, engine)
@@ -119,13 +120,14 @@ def measure_engine(python: str, engine: str, timeout: int) -> dict[str, Any]:
         },
         "wall_s": round(wall, 1),
         "coverage": coverage,
-        "machine": machine(),
+        "machine": at_start,
     }
 
 
 def measure_cost(fixture: str, repeat: int, timeout: int) -> dict[str, Any]:
     plain, measured = [], []
     base = ["certify", fixture, "--engine", "reference", "-q"]
+    at_start = machine()
     for _ in range(repeat):
         for options, samples in (([], plain), (["--coverage"], measured)):
             report, wall, _ = run_cli(sys.executable, "reference", base + options, timeout)
@@ -140,7 +142,7 @@ def measure_cost(fixture: str, repeat: int, timeout: int) -> dict[str, Any]:
         "coverage": measured,
         "median_s": median,
         "ratio": round(median["coverage"] / median["plain"], 2),
-        "machine": machine(),
+        "machine": at_start,
     }
 
 
@@ -151,6 +153,7 @@ def measure_suite(pytest_args: list[str], timeout: int) -> dict[str, Any]:
     env = {**child_env("reference"), "COVERAGE_FILE": str(workdir / ".coverage")}
     pytest = ["-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider", *pytest_args]
     runs = {}
+    at_start = machine()
     try:
         for name, cmd in (
             ("plain", [sys.executable, *pytest]),
@@ -182,7 +185,7 @@ def measure_suite(pytest_args: list[str], timeout: int) -> dict[str, Any]:
         "runs": runs,
         "total": float(total.stdout.strip()),
         "ratio": round(runs["coverage"]["wall_s"] / runs["plain"]["wall_s"], 2),
-        "machine": machine(),
+        "machine": at_start,
     }
 
 
@@ -270,8 +273,10 @@ def render_suite(suite: dict[str, Any]) -> list[str]:
         "survives their `os._exit` (`patch = _exit`); `coverage combine` joins them and "
         "`coverage report` prints the total and fails under `fail_under`.",
         "",
-        f"Measured here on {selection} ({suite['machine']['cpus']} shared CPUs, load average "
-        f"{suite['machine']['loadavg'][0]:.1f}): total **{suite['total']:.1f} %** of "
+        f"Measured here on {selection}, plain and then under coverage, in this interpreter's "
+        "environment (the engine env's packages except Triton and Ray, whose tests skip) "
+        f"({suite['machine']['cpus']} shared CPUs, load average "
+        f"{suite['machine']['loadavg'][0]:.1f} at the start): total **{suite['total']:.1f} %** of "
         f"`conformance/` and `reference/` (fixtures omitted); the floor is "
         f"`fail_under = {floor['fail_under']}`. Wall time {plain['wall_s']:.0f} s plain, "
         f"{measured['wall_s']:.0f} s under coverage (**x{suite['ratio']:.2f}**).",
@@ -348,6 +353,7 @@ def main() -> int:
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     if not args.render_only:
         parts = args.only or ["engines", "cost"]
+        # Each part is written as soon as it is measured: a later one may run for an hour.
         if "engines" in parts:
             engines = results.setdefault("engines", {})
             engines["reference"] = measure_engine(sys.executable, "reference", args.timeout)
@@ -355,11 +361,13 @@ def main() -> int:
                 engines["vllm"] = measure_engine(args.vllm_python, "vllm", args.timeout)
             else:
                 print("NOTE: no --vllm-python: real vLLM kept from the existing JSON, if any")
+            write_json(args.json, results)
         if "cost" in parts:
             results["cost"] = measure_cost(args.fixture, args.repeat, args.timeout)
+            write_json(args.json, results)
         if "suite" in parts:
             results["suite"] = measure_suite(args.suite_args.split(), 4 * 3600)
-        write_json(args.json, results)
+            write_json(args.json, results)
     notes = tomllib.loads(NOTES.read_text(encoding="utf-8")) if NOTES.is_file() else {}
     text, unexplained = render(results, notes)
     DOC.write_text(text, encoding="utf-8")
