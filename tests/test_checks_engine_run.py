@@ -33,7 +33,7 @@ OBSERVED = {
     "general.models-run": "MyTrimmedLlamaForCausalLM (llama family): LLM.generate(2 prompts",
     "stat_logger.engine-run": "asyncio.run() cannot be called from a running event loop",
     "io_processor.engine-run": "cannot reshape array of size 128 into shape (16,16)",
-    "logits.engine-run": "doesn't match the broadcast shape",
+    "logits.engine-run": "KeyError: 1",
     "platform.worker-runs": "KeyError: 'PINNED_CPU_CORES'",
 }
 #: Good fixture → the engine-run check that judges its entry points → expected status.

@@ -219,7 +219,7 @@ import base64, inspect, io, json
 from pathlib import Path
 import numpy as np, tifffile, torch
 from safetensors.torch import load_file
-from vllm.config import HfConfig, ModelConfig, VllmConfig
+from vllm.config import HfConfig, ModelConfig, PoolerConfig, VllmConfig
 from vllm.model_executor.models.registry import ModelRegistry
 from vllm.outputs import PoolingOutput, PoolingRequestOutput
 from vllm.plugins import load_general_plugins
@@ -230,7 +230,10 @@ from prithvi_io_processor.imaging import decode_geotiff, normalise
 checkpoint = Path(CHECKPOINT)
 load_general_plugins()
 hf_config = HfConfig.from_pretrained(checkpoint)
-vllm_config = VllmConfig(model_config=ModelConfig(model=str(checkpoint), hf_config=hf_config))
+served = ModelConfig(
+    model=str(checkpoint), hf_config=hf_config, runner_type="pooling", pooler_config=PoolerConfig()
+)
+vllm_config = VllmConfig(model_config=served)
 model_cls, arch = ModelRegistry.resolve_model_cls(hf_config.architectures)
 probe.result["resolved"] = [f"{model_cls.__module__}.{model_cls.__qualname__}", arch]
 probe.result["pooling"] = ModelRegistry.is_pooling_model(hf_config.architectures)
