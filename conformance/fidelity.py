@@ -1,7 +1,8 @@
 """`vllm-conformance fidelity`: the same judgements on the reference engine and on real vLLM.
 
 Three comparisons, each run in fresh `vllm-conformance` processes on both engines (the
-reference with this interpreter, vLLM with `--vllm-python`, a virtualenv that has it):
+reference with this interpreter, vLLM with `--vllm-python`, a virtualenv that has it; the
+reference models the contract of that vLLM's release, `pin_reference_contract`):
 
 * **engine** — every engine scenario (`vllm-conformance engine`), check by check;
 * **fixtures** — every good fixture's certification, check by check;
@@ -16,6 +17,8 @@ reference engine's internals on purpose, which real vLLM does not have.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +122,27 @@ class Fidelity:
     def rate(self, section: str | None = None) -> tuple[int, int]:
         rows = [r for r in self.rows if section is None or r.section == section]
         return sum(r.agrees for r in rows), len(rows)
+
+
+def pin_reference_contract(vllm_python: str) -> str | None:
+    """Make the reference runs of this process model the contract of the vLLM release that
+    `vllm_python` has (the reference's default is its newest contract, which an older vLLM
+    would disagree with by design); returns that contract, or None if the release is unknown.
+    The runs inherit this process's environment."""
+    from reference._version import CONTRACT_ENV, modelled_contract
+
+    ask = "from conformance.probe import installed_vllm; print(installed_vllm())"
+    found = subprocess.run(
+        [vllm_python, "-c", ask],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    release = found.stdout.strip()
+    if found.returncode != 0 or not release or release == "None":
+        return None
+    os.environ[CONTRACT_ENV] = modelled_contract(release)
+    return os.environ[CONTRACT_ENV]
 
 
 def compare(

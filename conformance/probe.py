@@ -15,11 +15,14 @@ exception that ends a probe comes back as an `ExceptionInfo` with its owner.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +32,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from conformance.overlay import normalize_dist_name
 from conformance.probes.data import ExceptionInfo, from_json, to_json
@@ -212,6 +215,9 @@ def run_probe(
     inherit_vllm_env: bool = False,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
     coverage: str | None = None,
+    contract: str | None = None,
+    pool: ProbePool | None = None,
+    warm: bool = False,
 ) -> ProbeResult:
     """Run `call` ("package.module:function", called with `args` as keywords) or `code` in a
     fresh interpreter and report what happened.
@@ -231,12 +237,25 @@ def run_probe(
     and the installed distributions named in `visible` contribute `vllm.*` entry points, so
     other installed plugins cannot change the outcome. `coverage` is a coverage.py
     configuration file (`conformance.measure.Measurement.start`): the probe, and the Python
-    processes it starts, measure their lines under it.
+    processes it starts, measure their lines under it. `contract` is the plugin-contract
+    version the run is judged by (`--contract`): the reference engine then models the release
+    that fits it (`reference._version.modelled_contract`); None keeps this process's.
+
+    With a `pool` (a `ProbePool`), the probe is a fork of an interpreter the pool prepared for
+    these settings (see `ProbeServer`): the same fresh state, without paying Python's and the
+    engine's start-up again; `warm` asks for one that has also imported the engine's model
+    stack (`WARM_MODULES`), for a probe function marked `runtime.warm`. Probes measured with
+    `coverage` or run with an engine `patch` always start a fresh interpreter.
     """
     if (call is None) == (not code):
         raise ValueError("run_probe needs exactly one of `code` and `call`.")
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
+    if contract is not None and engine == "reference":
+        from reference._version import CONTRACT_ENV, modelled_contract
+
+        # An `env` that names the variable itself wins (the suite's own tests do so).
+        env = {CONTRACT_ENV: modelled_contract(contract), **(env or {})}
     overlays = [] if overlay is None else overlay if isinstance(overlay, list) else [overlay]
     overlay_paths = [str(getattr(o, "path", o)) for o in overlays]
     with tempfile.TemporaryDirectory(prefix="vllm-probe-") as workdir:
@@ -263,6 +282,18 @@ def run_probe(
             # A surrounding measurement's settings (this suite's own, in CI) would win over it.
             outer = {"COVERAGE_PROCESS_CONFIG": None, "COVERAGE_FILE": None}
             env = {**(env or {}), **outer, "COVERAGE_PROCESS_START": coverage}
+        if pool is not None and not coverage and not patch:
+            served = pool.run(
+                scenario,
+                scenario_path,
+                result_path,
+                env=_child_env(env, inherit_vllm_env),
+                warm=warm,
+                timeout=timeout,
+                output_limit=output_limit,
+            )
+            if served is not None:
+                return served
         cmd = [sys.executable, "-m", "conformance.probe", str(scenario_path), str(result_path)]
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -306,15 +337,281 @@ def run_probe(
             output_bytes=readers[0].total + readers[1].total,
             output_limit=output_limit,
         )
-        if status is None and result_path.is_file():
-            reported = json.loads(result_path.read_text(encoding="utf-8"))
-            result.status = reported["status"]
-            result.values = reported["values"]
-            result.records = reported["records"]
-            result.exception = from_json(ExceptionInfo, reported["exception"])
-            result.observation = reported.get("observation")
-            result.code_s = reported["code_s"]
+        if status is None:
+            _read_report(result, result_path)
         return result
+
+
+def _read_report(result: ProbeResult, result_path: Path) -> None:
+    """Fill `result` from the report the probe wrote, if it wrote one."""
+    if not result_path.is_file():
+        return
+    reported = json.loads(result_path.read_text(encoding="utf-8"))
+    result.status = reported["status"]
+    result.values = reported["values"]
+    result.records = reported["records"]
+    result.exception = from_json(ExceptionInfo, reported["exception"])
+    result.observation = reported.get("observation")
+    result.code_s = reported["code_s"]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared interpreters: a session's probes fork from one prepared interpreter.
+#
+# Starting Python, importing the harness and the engine (and, for an engine run, torch,
+# transformers and vLLM's `LLM`) costs 4-25 s a probe with real vLLM on a small machine, which
+# is most of a certification. A `ProbeServer` is an interpreter that has done, once, what
+# every probe of the same settings does before its own code (`_prepare`) and then forks one
+# child per probe: each child starts from the state a fresh interpreter would have at that
+# point, runs the probe function and reports as `_child_main` does. The harness still sees a
+# process per probe, in its own process group, with its output, exit status and time limit:
+# hung, exiting and crashing probes are reported as before.
+
+
+#: What `warm` servers import after the set-up, so that a probe's engine start does not: the
+#: model stack and the engine's entry points (a name the engine lacks is passed over).
+WARM_MODULES = ("torch", "transformers", "vllm.entrypoints.llm", "vllm.v1.engine.async_llm")
+#: `python -m conformance.probe --serve SETUP FD`: a server's command line.
+SERVE_FLAG = "--serve"
+#: At most this many prepared interpreters stay alive per pool (the least recently used goes).
+MAX_SERVERS = 3
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+class _Lines:
+    """JSON messages, one a line, from a socket; `fds` holds descriptors that came along."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.fds: list[int] = []
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message, or None at end of stream; `TimeoutError` after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            if deadline is not None:
+                self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, 65536, 4)
+            except TimeoutError:
+                raise TimeoutError from None
+            self.fds += fds
+            if not data:
+                return None
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)
+
+
+class ProbeServer:
+    """One prepared interpreter for probes of the same settings and environment (see above).
+
+    It reports which environment variables its preparation read (`env_read`): a probe whose
+    environment differs from the server's only in `VLLM_*` variables that were not read can
+    fork from it, with those set in the child; any other difference needs its own server."""
+
+    def __init__(self, setup: dict[str, Any], env: dict[str, str], warm: bool, timeout: float):
+        self.setup, self.env, self.warm = setup, env, warm
+        self.env_read: set[str] = set()
+        self.read_all = False
+        self.workdir = tempfile.mkdtemp(prefix="vllm-probe-server-")
+        setup_path = Path(self.workdir, "setup.json")
+        setup_path.write_text(json.dumps({**setup, "warm": warm}), encoding="utf-8")
+        self.sock, theirs = socket.socketpair()
+        cmd = [sys.executable, "-m", "conformance.probe", SERVE_FLAG, str(setup_path)]
+        self.log = open(Path(self.workdir, "server.log"), "wb")
+        self.proc = subprocess.Popen(
+            [*cmd, str(theirs.fileno())],
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            pass_fds=[theirs.fileno()],
+            start_new_session=True,
+        )
+        theirs.close()
+        self.lines = _Lines(self.sock)
+        self.ready = False
+        #: Why this server cannot run probes (None while it can).
+        self.broken: str | None = None
+        try:
+            hello = self.lines.next(timeout)
+        except TimeoutError:
+            hello = None
+        if hello is None or not hello.get("ready"):
+            self.broken = (hello or {}).get("why") or "the server did not start"
+            self.close()
+            return
+        self.ready = True
+        self.env_read = set(hello["env_read"])
+        self.read_all = bool(hello["read_all"])
+
+    def env_changes(self, env: Mapping[str, str]) -> dict[str, str | None] | None:
+        """What to set in a child for a probe wanting `env`, or None if this server's
+        preparation depends on a variable that differs."""
+        changed = {k for k in {*env, *self.env} if env.get(k) != self.env.get(k)}
+        if any(not k.startswith("VLLM_") for k in changed):
+            return None
+        if changed and (self.read_all or changed & self.env_read):
+            return None
+        return {k: env.get(k) for k in changed}
+
+    def run(
+        self,
+        scenario_path: Path,
+        result_path: Path,
+        env: dict[str, str | None],
+        timeout: float,
+        output_limit: int,
+    ) -> ProbeResult | None:
+        """Fork a child for the probe and report it as `run_probe` does; None if the server
+        failed (the caller then starts a fresh interpreter)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        started = time.perf_counter()
+        request = {"scenario": str(scenario_path), "result": str(result_path), "env": env}
+        try:
+            _send(self.sock, request, [out_w, err_w])
+            os.close(out_w)
+            os.close(err_w)
+            forked = self.lines.next(timeout=60)
+        except (OSError, TimeoutError):
+            forked = None
+        if forked is None:
+            for fd in (out_r, err_r, out_w, err_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.broken = "the server stopped answering"
+            self.close()
+            return None
+        pid = forked["pid"]
+        streams = [os.fdopen(fd, "rb") for fd in (out_r, err_r)]
+        readers = [_TailReader(s, threading.Event(), output_limit) for s in streams]
+        for reader in readers:
+            reader.start()
+        status = None
+        try:
+            done = self.lines.next(timeout=timeout)
+        except TimeoutError:
+            status = "timeout"
+            _kill_pid_group(pid)
+            try:
+                done = self.lines.next(timeout=30)
+            except TimeoutError:
+                done = None
+        # As with a fresh probe: stop what it started and left running (engine processes).
+        _kill_pid_group(pid)
+        for reader in readers:
+            reader.join(timeout=5)
+        for stream in streams:
+            stream.close()
+        if done is None:
+            self.broken = "the server stopped answering"
+            self.close()
+        code = (done or {}).get("exit")
+        result = ProbeResult(
+            status=status or "crashed",
+            exit_code=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            stdout_tail=readers[0].text(),
+            stderr_tail=readers[1].text(),
+            wall_s=time.perf_counter() - started,
+            output_bytes=readers[0].total + readers[1].total,
+            output_limit=output_limit,
+        )
+        if status is None:
+            _read_report(result, result_path)
+        return result
+
+    def close(self) -> None:
+        """Stop the server and whatever it still runs."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _kill_pid_group(pid: int) -> None:
+    """SIGKILL the process group of a forked probe (it leads its own group)."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class ProbePool:
+    """The prepared interpreters of one session (`ProbeServer`), started as probes need them;
+    `close()` stops them (they also stop when this process ends: their socket closes)."""
+
+    servers: list[ProbeServer] = field(default_factory=list)
+    #: How many servers were started (what the sharing saves is the probes minus these).
+    started: int = 0
+    #: Settings whose server failed to start: their probes run fresh.
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def run(
+        self,
+        scenario: dict[str, Any],
+        scenario_path: Path,
+        result_path: Path,
+        *,
+        env: dict[str, str],
+        warm: bool,
+        timeout: float,
+        output_limit: int,
+    ) -> ProbeResult | None:
+        """The probe, forked from a server for its settings (started if none fits); None if
+        no server could run it."""
+        setup = {k: scenario[k] for k in ("plugin_roots", "engine", "sys_path")}
+        setup |= {k: scenario[k] for k in ("exclusive", "visible")}
+        key = json.dumps([setup, warm, sorted(env.items())], sort_keys=True)
+        changes = None
+        server = None
+        for candidate in self.servers:
+            if candidate.setup == setup and candidate.warm == warm:
+                changes = candidate.env_changes(env)
+                if changes is not None:
+                    server = candidate
+                    break
+        setup_s = 0.0
+        if server is None:
+            if any(k == key for k, _ in self.failed):
+                return None
+            begun = time.perf_counter()
+            server = ProbeServer(setup, env, warm, timeout)
+            setup_s = time.perf_counter() - begun
+            self.started += 1
+            if server.broken is not None:
+                self.failed.append((key, server.broken))
+                return None
+            changes = {}
+            self.servers.append(server)
+            while len(self.servers) > MAX_SERVERS:
+                self.servers.pop(0).close()
+        self.servers.remove(server)
+        self.servers.append(server)  # the most recently used last
+        result = server.run(scenario_path, result_path, changes or {}, timeout, output_limit)
+        if server.broken is not None:
+            self.servers.remove(server)
+        if result is not None:
+            result.wall_s += setup_s  # the probe that needed the server waited for it
+        return result
+
+    def close(self) -> None:
+        while self.servers:
+            self.servers.pop().close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,8 +731,10 @@ def _start_coverage(config: str) -> None:
         coverage.Coverage(config_file=config).start()
 
 
-def _child_main(scenario_path: str, result_path: str) -> None:
-    scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
+def _prepare(scenario: dict[str, Any]) -> tuple[str, ExceptionInfo | None]:
+    """What every probe interpreter does before the probe's own code: put the overlay first on
+    `sys.path`, restrict entry-point discovery, mount the engine and capture its log records.
+    `("ok", None)`, or `("setup-failed", what the engine set-up raised)`."""
     if scenario.get("coverage"):
         _start_coverage(scenario["coverage"])
     for path in reversed(scenario["sys_path"]):
@@ -453,17 +752,37 @@ def _child_main(scenario_path: str, result_path: str) -> None:
     from conformance.probes import runtime
 
     runtime.configure(scenario["plugin_roots"])
-    status, exception, observation = "ok", None, None
-    probe = runtime.PROBE
-    started = time.perf_counter()
     try:
         if scenario["engine"] == "reference":
             from reference.surface import mount
 
             mount()
-        probe._capture = _install_capture()
+        runtime.PROBE._capture = _install_capture()
     except BaseException as exc:
-        status, exception = "setup-failed", runtime.capture(exc)
+        return "setup-failed", runtime.capture(exc)
+    return "ok", None
+
+
+def _child_main(scenario_path: str, result_path: str) -> None:
+    scenario = json.loads(Path(scenario_path).read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    status, exception = _prepare(scenario)
+    _finish(scenario, result_path, status, exception, started)
+
+
+def _finish(
+    scenario: dict[str, Any],
+    result_path: str,
+    status: str,
+    exception: ExceptionInfo | None,
+    started: float,
+) -> None:
+    """Run the scenario in this prepared interpreter (unless its set-up failed) and write
+    the report."""
+    from conformance.probes import runtime
+
+    probe = runtime.PROBE
+    observation = None
     if status == "ok":
         started = time.perf_counter()
         try:
@@ -484,8 +803,114 @@ def _child_main(scenario_path: str, result_path: str) -> None:
     os.replace(tmp, result_path)
 
 
+class _RecordingEnviron(os._Environ):  # type: ignore[misc,name-defined]
+    """`os.environ` while a server prepares: remembers which variables were read."""
+
+    read: ClassVar[set[str]] = set()
+    read_all: ClassVar[bool] = False
+
+    def __getitem__(self, key: str) -> str:
+        _RecordingEnviron.read.add(key if isinstance(key, str) else repr(key))
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Any:
+        # Libraries copy or scan the whole environment on import (tqdm for TQDM_*, networkx,
+        # `platform` for a subprocess): only a scan by the engine's own code counts as reading
+        # every variable, so that a VLLM_* variable it looks for that way is never missed.
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename in _ENVIRON_PLUMBING:
+            frame = frame.f_back
+        caller = frame.f_code.co_filename if frame is not None else ""
+        if f"{os.sep}vllm{os.sep}" in caller or f"{os.sep}reference{os.sep}" in caller:
+            _RecordingEnviron.read_all = True
+        return super().__iter__()
+
+
+#: Where `os.environ`'s own iteration runs, between the caller and `__iter__`.
+_ENVIRON_PLUMBING = {"<frozen _collections_abc>", "<frozen os>", os.__file__}
+
+
+def _serve(setup_path: str, fd: int) -> None:
+    """A probe server (`ProbeServer`): prepare once, then fork a child per request."""
+    import importlib
+    import importlib.util
+
+    sock = socket.socket(fileno=fd)
+    setup = json.loads(Path(setup_path).read_text(encoding="utf-8"))
+    plain = type(os.environ)
+    os.environ.__class__ = _RecordingEnviron
+    started = time.perf_counter()
+    status, exception = _prepare({**setup, "coverage": None})
+    why = None if exception is None else exception.render()
+    if status == "ok" and setup["warm"]:
+        try:
+            for name in WARM_MODULES:
+                if importlib.util.find_spec(name.partition(".")[0]) is None:
+                    continue
+                try:
+                    importlib.import_module(name)
+                except ModuleNotFoundError as exc:
+                    if exc.name is None or not name.startswith(exc.name):
+                        raise
+        except BaseException as exc:
+            status, why = "warm-failed", f"importing the engine raised {exc!r}"
+    os.environ.__class__ = plain
+    ready = status == "ok" and threading.active_count() == 1
+    if status == "ok" and not ready:
+        why = "the prepared interpreter runs threads, and a fork would copy them half-way"
+    hello = {"ready": ready, "why": why, "setup_s": time.perf_counter() - started}
+    hello |= {"env_read": sorted(_RecordingEnviron.read), "read_all": _RecordingEnviron.read_all}
+    # Only the VLLM_* names matter to the harness (`ProbeServer.env_changes`).
+    hello["env_read"] = [k for k in hello["env_read"] if k.startswith("VLLM_")]
+    _send(sock, hello)
+    if not ready:
+        return
+    lines = _Lines(sock)
+    while (request := lines.next(None)) is not None:
+        fds, lines.fds = lines.fds, []
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            _forked(request, fds, sock)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        for descriptor in fds:
+            os.close(descriptor)
+        _send(sock, {"pid": pid})
+        _, wait_status = os.waitpid(pid, 0)
+        _send(sock, {"exit": os.waitstatus_to_exitcode(wait_status)})
+
+
+def _forked(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
+    """A server's child: become a probe process (own process group, the harness's pipes as
+    stdout and stderr, the probe's environment), run the scenario, report, exit."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    sock.close()
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for descriptor in fds:
+        os.close(descriptor)
+    for key, value in request["env"].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    scenario = json.loads(Path(request["scenario"]).read_text(encoding="utf-8"))
+    os.chdir(Path(request["scenario"]).parent)
+    _finish(scenario, request["result"], "ok", None, time.perf_counter())
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    _child_main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == SERVE_FLAG:
+        _serve(sys.argv[2], int(sys.argv[3]))
+    else:
+        _child_main(sys.argv[1], sys.argv[2])
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

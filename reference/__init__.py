@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from reference._version import CONTRACT_VERSION, HARNESS_VERSION, __version__
+from reference import _version
+from reference._version import HARNESS_VERSION
 
 _LAZY = {
     "ModelRegistry": "reference.models.registry",
@@ -31,6 +32,9 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("CONTRACT_VERSION", "__version__"):
+        # Read on each access: the contract modelled comes from the environment.
+        return getattr(_version, name)
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vllm' has no attribute {name!r}")

@@ -84,6 +84,9 @@ class CacheConfig:
     num_gpu_blocks: int | None = None
     num_cpu_blocks: int | None = None
     cache_dtype: str = "auto"
+    #: vLLM's field (on by default in V1); platforms read and set it, the reference's
+    #: scheduler does not cache prefixes.
+    enable_prefix_caching: bool = True
 
 
 @dataclass
@@ -94,6 +97,8 @@ class ParallelConfig:
     distributed_executor_backend: str | None = None
     worker_cls: str = "auto"
     worker_extension_cls: str = ""
+    #: Set by `WorkerBase.set_kv_cache_layout` from the 0.33 contract on.
+    cp_kv_cache_interleave_size: int = 1
 
     @property
     def world_size(self) -> int:

@@ -1,7 +1,9 @@
 """The `VLLM_*` environment variables, parsed exactly as vLLM 0.32 parses them.
 
 Like vLLM's `vllm.envs`, every read goes through the module `__getattr__`, so a value is
-re-read from `os.environ` on each access until `enable_envs_cache()` freezes it.
+re-read from `os.environ` on each access until `enable_envs_cache()` freezes it. Under the
+0.34 contract (`reference._version`) `VLLM_USE_V2_MODEL_RUNNER` is gone and
+`removed_environment_variables` lists variables whose use is a hard error.
 """
 
 from __future__ import annotations
@@ -40,19 +42,48 @@ environment_variables: dict[str, Callable[[], Any]] = {
 }
 
 
+#: Variables of the table above that a contract release removed → that release.
+REMOVED_IN: dict[str, str] = {"VLLM_USE_V2_MODEL_RUNNER": "0.34.0"}
+
+#: From 0.34: variables whose use `Platform.validate_environ` turns into
+#: `ValueError(f"{name} has been removed. {hint}")` (vLLM 0.34 lists only this one; the hint
+#: is the reference's own wording).
+_REMOVED_ENVIRONMENT_VARIABLES_034: dict[str, str] = {
+    "VLLM_MARLIN_INPUT_DTYPE": "The Marlin kernels no longer read it; unset it.",
+}
+
+
+def _present(name: str) -> bool:
+    """Whether `name` belongs to `vllm.envs` under the modelled contract."""
+    from reference._version import contract_at_least
+
+    removed_in = REMOVED_IN.get(name)
+    return removed_in is None or not contract_at_least(removed_in)
+
+
+def known_variables() -> list[str]:
+    """The variables `vllm.envs` defines under the modelled contract."""
+    return [name for name in environment_variables if _present(name)]
+
+
 def __getattr__(name: str) -> Any:
-    if name in environment_variables:
+    if name in environment_variables and _present(name):
         return environment_variables[name]()
+    if name == "removed_environment_variables":
+        from reference._version import contract_at_least
+
+        if contract_at_least("0.34.0"):
+            return dict(_REMOVED_ENVIRONMENT_VARIABLES_034)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return list(environment_variables)
+    return known_variables()
 
 
 def is_set(name: str) -> bool:
     """Whether the variable `name` is present in the environment."""
-    if name not in environment_variables:
+    if name not in known_variables():
         raise ValueError(f"Unknown vLLM environment variable {name!r}")
     return name in os.environ
 

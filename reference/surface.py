@@ -49,6 +49,47 @@ SURFACE: dict[str, str] = {
     "vllm.model_executor.layers.rotary_embedding": "reference.ops.rotary_embedding",
     "vllm.model_executor.layers.layernorm": "reference.ops.layernorm",
     "vllm.model_executor.layers.activation": "reference.ops.activation",
+    # model building blocks plugins subclass or compose, on one rank (from the corpus census)
+    "vllm.model_executor.layers.linear": "reference.layers.linear",
+    "vllm.model_executor.layers.vocab_parallel_embedding": (
+        "reference.layers.vocab_parallel_embedding"
+    ),
+    "vllm.model_executor.layers.logits_processor": "reference.layers.logits_processor",
+    "vllm.model_executor.layers.utils": "reference.layers.utils",
+    "vllm.model_executor.utils": "reference.layers.utils",
+    "vllm.model_executor.layers.quantization": "reference.layers.quantization",
+    "vllm.model_executor.layers.quantization.base_config": "reference.layers.quantization",
+    "vllm.model_executor.layers.mamba.mamba_utils": "reference.layers.mamba_utils",
+    "vllm.model_executor.model_loader": "reference.model_loader",
+    "vllm.model_executor.model_loader.base_loader": "reference.model_loader",
+    "vllm.model_executor.model_loader.utils": "reference.model_loader",
+    "vllm.model_executor.model_loader.weight_utils": "reference.model_loader",
+    "vllm.utils.torch_utils": "reference.torch_utils",
+    "vllm.forward_context": "reference.forward_context",
+    "vllm.distributed": "reference.distributed",
+    "vllm.distributed.parallel_state": "reference.distributed",
+    "vllm.distributed.communication_op": "reference.distributed",
+    "vllm.reasoning": "reference.reasoning",
+    "vllm.sequence": "reference.sequence",
+    "vllm.utils.math_utils": "reference.math_utils",
+    "vllm.model_executor.models.interfaces": "reference.models.interfaces",
+    # where vLLM defines the configuration classes that `vllm.config` re-exports
+    **{
+        f"vllm.config.{part}": "reference.config"
+        for part in (
+            "cache",
+            "compilation",
+            "device",
+            "load",
+            "lora",
+            "model",
+            "observability",
+            "parallel",
+            "pooler",
+            "scheduler",
+            "vllm",
+        )
+    },
     # stat loggers
     "vllm.v1.metrics.loggers": "reference.metrics",
     "vllm.v1.metrics.stats": "reference.metrics",
@@ -90,6 +131,17 @@ SURFACE: dict[str, str] = {
     "vllm.v1.worker.gpu_worker": "reference.engine.worker",
 }
 
+#: `vllm` module paths that a contract release deleted → that release: from it on, importing
+#: them fails as on that vLLM (`ModuleNotFoundError`), though they stay in `SURFACE` for the
+#: older contracts the reference also models (`reference._version`).
+REMOVED_IN: dict[str, str] = {
+    # 0.34 removed Model Runner V1 and its logits-processor interface.
+    "vllm.v1.sample.logits_processor": "0.34.0",
+    "vllm.v1.sample.logits_processor.interface": "0.34.0",
+    "vllm.v1.sample.logits_processor.builtin": "0.34.0",
+    "vllm.v1.sample.logits_processor.state": "0.34.0",
+}
+
 _FACADE_NAME = "vllm"
 #: Holds `vllm/__init__.py`, a shim that mounts the reference when found on `sys.path`;
 #: `mount()` puts it on `sys.path` so that spawned children (which inherit the parent's
@@ -123,10 +175,26 @@ def _outside_surface(name: str) -> SurfaceError:
     )
 
 
+def _removed(name: str) -> ModuleNotFoundError | None:
+    """The error importing `name` raises under the modelled contract, if that release deleted
+    it: vLLM's own wording, since the module is simply absent there."""
+    from reference._version import contract_at_least
+
+    removed_in = REMOVED_IN.get(name)
+    if removed_in is None or not contract_at_least(removed_in):
+        return None
+    return ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 class _Facade(types.ModuleType):
     """The `vllm` package itself: an empty package whose attributes come from `reference`."""
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("__version__", "__version_tuple__"):
+            # Read on each access: the contract modelled comes from the environment.
+            from reference import _version
+
+            return getattr(_version, name)
         if name.startswith("__"):
             raise AttributeError(name)
         import reference
@@ -165,6 +233,9 @@ class SurfaceFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != _FACADE_NAME and not fullname.startswith(_FACADE_NAME + "."):
             return None
+        removed = _removed(fullname)
+        if removed is not None:
+            raise removed
         if fullname != _FACADE_NAME and fullname not in self.table:
             if fullname not in self.packages:
                 raise _outside_surface(fullname)
@@ -183,10 +254,6 @@ class SurfaceFinder(importlib.abc.MetaPathFinder):
             module_cls = _Facade if name == _FACADE_NAME else types.ModuleType
             module = module_cls(name, "Part of vLLM's layout answered by the reference engine.")
             module.__path__ = []
-            if name == _FACADE_NAME:
-                from reference._version import __version__
-
-                module.__version__ = __version__
             self._synthetic[name] = module
         return self._synthetic[name]
 
@@ -204,8 +271,11 @@ def mount() -> None:
     """Make `import vllm...` answer with the reference engine in this process (idempotent).
 
     Raises RuntimeError if a real vLLM was already imported here: the two cannot share a
-    process.
+    process; ValueError if the environment names a contract the reference does not model.
     """
+    from reference._version import contract_version
+
+    contract_version()  # an unsupported contract is an error before anything imports vllm
     if is_mounted():
         return
     already = sys.modules.get(_FACADE_NAME)

@@ -55,6 +55,22 @@ def inline_target(group: str, name: str, source: str, attr: str) -> Target:
     return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def modelled_contract(request: pytest.FixtureRequest) -> Iterable[None]:
+    """A module marked `pytestmark = pytest.mark.contract("0.32.0")` tests the behaviour of that
+    contract release: the reference engine models it, in this process and in every probe the
+    module starts (they inherit the variable). Unmarked modules get the default (the newest)."""
+    from reference._version import CONTRACT_ENV
+
+    marker = request.node.get_closest_marker("contract")
+    if marker is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONTRACT_ENV, marker.args[0])
+        yield
+
+
 @pytest.fixture
 def overlay(tmp_path) -> Overlay:
     return Overlay(tmp_path / "overlay")

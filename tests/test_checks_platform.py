@@ -183,11 +183,24 @@ def test_the_attention_check_applies_from_the_keyword_signature_on():
     ],
 )
 def test_qualname_problem_explains_each_wrong_answer(answer, expected):
-    problem = checks.qualname_problem(answer)
+    problem = checks.qualname_problem(answer, "0.32.0")
     if expected is None:
         assert problem is None
     else:
         assert problem is not None and expected in problem
+
+
+@pytest.mark.parametrize(
+    ("contract", "expected"),
+    [
+        ("0.32.0", "logged at DEBUG only"),
+        ("0.33.0", "at WARNING with its traceback"),
+        ("0.34.0+reference.0.1.0", "at WARNING with its traceback"),
+    ],
+)
+def test_a_raising_detector_is_explained_by_the_contract_release(contract, expected):
+    problem = checks.qualname_problem(Answer("raised", "OSError: x", exception=True), contract)
+    assert problem is not None and expected in problem
 
 
 def test_answer_keys_tell_a_raise_from_a_returned_string():
@@ -289,3 +302,23 @@ def test_engine_root_causes_skip_the_relays_and_repeat_nothing():
     ]
     assert checks.engine_root_causes(ENGINE_OUTPUT, limit=1) == ["KeyError: 'PINNED_CPU_CORES'"]
     assert checks.engine_root_causes("Traceback (most recent call last):\n  File 'x'\n") == []
+
+
+@pytest.mark.parametrize(
+    ("owner", "raised"), [("engine", "Inconclusive"), ("plugin", "CheckFailed")]
+)
+def test_a_config_the_engine_cannot_build_leaves_worker_cls_inconclusive(
+    monkeypatch, owner, raised
+):
+    # Found on vLLM 0.34 Python-only: VllmConfig() raises 'Failed to infer device type' with the
+    # plugin filtered out, which says nothing about the plugin's check_and_update_config.
+    from conformance import framework
+    from conformance.probes.data import ExceptionInfo
+    from conformance.probes.platform import ClassObservation
+
+    error = ExceptionInfo("RuntimeError", "builtins", "Failed to infer device type", owner=owner)
+    run = ClassObservation(is_class=True, config_error=error)
+    monkeypatch.setattr(checks, "platform_class", lambda ctx: ("plug.Platform", run))
+    with pytest.raises(getattr(framework, raised)) as caught:
+        checks.check_worker_cls(object())  # type: ignore[arg-type]
+    assert "Failed to infer device type" in str(caught.value)

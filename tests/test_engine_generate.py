@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fixtures.generators.checkpoint import tiny_llama  # noqa: E402
+from reference._version import CONTRACT_ENV  # noqa: E402
 from reference.engine.llm import LLM  # noqa: E402
 from reference.sampling_params import SamplingParams  # noqa: E402
 
@@ -160,6 +161,7 @@ def test_stop_token_ids_and_max_model_len(model_dir):
 
 @pytest.mark.parametrize("v2", ["0", "1"])
 def test_builtin_processors_apply_in_either_interface(model_dir, monkeypatch, v2):
+    monkeypatch.setenv(CONTRACT_ENV, "0.32.0")  # the last contracts with a V1 runner
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", v2)
     engine = LLM(model=model_dir)
     try:
@@ -218,6 +220,7 @@ def test_v1_batch_updates_follow_requests_leaving_and_joining(model_dir, monkeyp
         def apply(self, logits):
             return logits
 
+    monkeypatch.setenv(CONTRACT_ENV, "0.32.0")  # the last contracts with a V1 runner
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     engine = LLM(model=model_dir, max_num_seqs=2, logits_processors=[Spy])
     try:
@@ -236,3 +239,26 @@ def test_v1_batch_updates_follow_requests_leaving_and_joining(model_dir, monkeyp
         (2, [], [(1, 2)], []),  # d left index 1, e joined there
         (1, [0], [], [(1, 0, uni)]),
     ]
+
+
+def test_the_model_runs_inside_a_forward_context():
+    """Layers may call `get_forward_context()` in `forward`, as on vLLM; outside a step none is
+    set (vLLM asserts there too)."""
+    from reference.engine.model_runner import CachedRequestState, ModelRunner
+    from reference.forward_context import get_forward_context, is_forward_context_available
+
+    seen = []
+
+    def model(input_ids, positions, **kwargs):
+        seen.append(get_forward_context())
+        return torch.zeros(len(input_ids), 4)
+
+    runner = object.__new__(ModelRunner)
+    runner.vllm_config, runner.device, runner.model, runner.lora_manager = None, "cpu", model, None
+    state = CachedRequestState("r", [1, 2, 3], None, None, None, torch.Generator())
+    hidden = runner._forward(state, [1, 2, 3])
+    assert hidden.shape == (3, 4) and state.num_computed_tokens == 3
+    assert len(seen) == 1 and seen[0].attn_metadata is None
+    assert not is_forward_context_available()
+    with pytest.raises(AssertionError, match="Forward context is not set"):
+        get_forward_context()

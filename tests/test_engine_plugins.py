@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from conformance.overlay import Overlay  # noqa: E402
 from conformance.probe import run_probe  # noqa: E402
 from fixtures.generators.checkpoint import tiny_llama, tiny_opt, with_architecture  # noqa: E402
+from reference._version import CONTRACT_ENV  # noqa: E402
 from tests.conftest import code  # noqa: E402
 
 TIMEOUT = 180
@@ -98,7 +99,8 @@ def test_v2_logits_processor_plugin_forces_the_target_only_where_asked(tmp_path)
     values = _run(
         _TARGET_SCENARIO.format(model=model, extra=""),
         Overlay(tmp_path / "o").add_fixture("dummy_logits_processor"),
-        env={"VLLM_USE_V2_MODEL_RUNNER": "1"},
+        # The fixture supports vllm<0.34 (its V1 variant imports the V1 interface).
+        env={"VLLM_USE_V2_MODEL_RUNNER": "1", CONTRACT_ENV: "0.33.0"},
     )
     _check_target(values, v2=True)
 
@@ -113,7 +115,7 @@ def test_v1_logits_processor_by_fqcn_forces_the_target_only_where_asked(tmp_path
     values = _run(
         f"import sys\nsys.path.insert(0, {source!r})\n"
         + _TARGET_SCENARIO.format(model=model, extra=extra),
-        env={"VLLM_USE_V2_MODEL_RUNNER": "0"},
+        env={"VLLM_USE_V2_MODEL_RUNNER": "0", CONTRACT_ENV: "0.33.0"},
     )
     _check_target(values, v2=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reference import envs
+from reference._version import CONTRACT_ENV
 
 
 @pytest.mark.parametrize(
@@ -68,13 +69,37 @@ def test_allow_runtime_lora_updating_accepts_1_and_true(monkeypatch, raw, expect
     assert envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING is expected
 
 
+@pytest.mark.parametrize("contract", ["0.32.0", "0.33.0"])
 @pytest.mark.parametrize(("raw", "expected"), [(None, None), ("1", True), ("0", False)])
-def test_use_v2_model_runner_is_an_optional_bool(monkeypatch, raw, expected):
+def test_use_v2_model_runner_is_an_optional_bool_up_to_0_33(monkeypatch, contract, raw, expected):
+    monkeypatch.setenv(CONTRACT_ENV, contract)
     if raw is None:
         monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     else:
         monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", raw)
     assert envs.VLLM_USE_V2_MODEL_RUNNER is expected
+    assert "VLLM_USE_V2_MODEL_RUNNER" in dir(envs)
+
+
+@pytest.mark.parametrize("raw", [None, "1"])
+def test_use_v2_model_runner_is_gone_from_0_34(monkeypatch, raw):
+    monkeypatch.setenv(CONTRACT_ENV, "0.34.0")
+    if raw is None:
+        monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", raw)
+    with pytest.raises(AttributeError, match="VLLM_USE_V2_MODEL_RUNNER"):
+        envs.VLLM_USE_V2_MODEL_RUNNER  # noqa: B018
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in dir(envs)
+    with pytest.raises(ValueError, match="Unknown vLLM environment variable"):
+        envs.is_set("VLLM_USE_V2_MODEL_RUNNER")
+
+
+def test_removed_environment_variables_exist_from_0_34(monkeypatch):
+    monkeypatch.setenv(CONTRACT_ENV, "0.33.0")
+    assert not hasattr(envs, "removed_environment_variables")
+    monkeypatch.setenv(CONTRACT_ENV, "0.34.0")
+    assert list(envs.removed_environment_variables) == ["VLLM_MARLIN_INPUT_DTYPE"]
 
 
 def test_logging_level_defaults_to_info_upper(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import pytest
@@ -123,3 +124,19 @@ def test_a_recorded_run_replays_into_the_same_rows_with_new_notes(tmp_path):
     assert replayed.unexplained() == []
     with pytest.raises(ValueError, match="lack other"):
         fd.replay(data, fd.jobs(["fix", "other"], []), {})
+
+
+def test_the_reference_runs_model_the_contract_of_the_compared_vllm(monkeypatch, tmp_path):
+    from reference._version import CONTRACT_ENV
+
+    monkeypatch.setenv(CONTRACT_ENV, "0.34.0")  # restored after the test
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 0.32.0+cpu\n")
+    fake.chmod(0o755)
+    assert fd.pin_reference_contract(str(fake)) == "0.32.0"
+    assert os.environ[CONTRACT_ENV] == "0.32.0"
+    no_vllm = tmp_path / "no-vllm"
+    no_vllm.write_text("#!/bin/sh\necho None\n")
+    no_vllm.chmod(0o755)
+    assert fd.pin_reference_contract(str(no_vllm)) is None
+    assert os.environ[CONTRACT_ENV] == "0.32.0"

@@ -16,6 +16,10 @@ from reference.logits.v1 import (
 from reference.logits.v2 import LogitsProcessor as V2LogitsProcessor
 from tests.conftest import add_plugin, code
 
+#: vLLM 0.32's loading (V1 and V2 interfaces, chosen by VLLM_USE_V2_MODEL_RUNNER); what 0.34
+#: changed is in tests/test_contract_versions.py.
+pytestmark = pytest.mark.contract("0.32.0")
+
 LOGITSPROCS = "vllm.logits_processors"
 V2_BASE = "vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor"
 V1_FQCN_LOADERS = [loader._load_logitsprocs_by_fqcns, loader._load_v2_logitsprocs_by_fqcns]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reference._version import CONTRACT_ENV
 from reference.lora import filesystem_resolver as fs_module
 from reference.lora.filesystem_resolver import (
     RESOLVER_NAME,
@@ -179,14 +180,27 @@ def test_an_empty_path_is_rejected():
         LoRARequest("adapter", 1)
 
 
-def test_requests_with_the_same_name_are_equal_whatever_their_id_and_path():
+@pytest.mark.parametrize("contract", ["0.32.0", "0.33.0"])
+def test_requests_with_the_same_name_are_equal_whatever_their_id_and_path(monkeypatch, contract):
+    monkeypatch.setenv(CONTRACT_ENV, contract)
     assert LoRARequest("adapter", 1, "/a") == LoRARequest("adapter", 2, "/b")
     assert LoRARequest("adapter", 1, "/a") != LoRARequest("other", 1, "/a")
 
 
-def test_requests_hash_by_name():
+@pytest.mark.parametrize("contract", ["0.32.0", "0.33.0"])
+def test_requests_hash_by_name_up_to_0_33(monkeypatch, contract):
+    monkeypatch.setenv(CONTRACT_ENV, contract)
     requests = {LoRARequest("adapter", 1, "/a"), LoRARequest("adapter", 2, "/b")}
     assert len(requests) == 1 and hash(next(iter(requests))) == hash("adapter")
+
+
+def test_from_0_34_requests_are_equal_by_name_and_id(monkeypatch):
+    monkeypatch.setenv(CONTRACT_ENV, "0.34.0")
+    assert LoRARequest("adapter", 1, "/a") == LoRARequest("adapter", 1, "/b")
+    assert LoRARequest("adapter", 1, "/a") != LoRARequest("adapter", 2, "/a")
+    requests = {LoRARequest("adapter", 1, "/a"), LoRARequest("adapter", 2, "/b")}
+    assert len(requests) == 2
+    assert hash(LoRARequest("adapter", 3, "/a")) == hash(("adapter", 3))
 
 
 def test_a_request_is_never_equal_to_another_type():

@@ -16,6 +16,10 @@ from conformance.target import mutant_names
 from tests.conftest import GOOD_EXIT, HAS_FASTAPI, torch_inconclusive
 from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
 from tests.test_checks_logits import JUDGED_AS
+from tests.test_drift import MUTANTS_JUDGED_AS as DRIFT_JUDGED_AS
+
+#: Mutants judged by an older contract's rules than the reference's default (its newest).
+PINNED = {**JUDGED_AS, **{m: DRIFT_JUDGED_AS for m in mutant_names() if m.startswith("drift.")}}
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow
@@ -90,7 +94,7 @@ def _skip_unless_judgeable(mutant):
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     _skip_unless_judgeable(mutant)
-    contract = JUDGED_AS.get(mutant)
+    contract = PINNED.get(mutant)
     pinned = ("--conformance-contract", contract) if contract else ()
     result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict", *pinned)
     own = [c for c in report["checks"] if c["id"] == mutant]
@@ -124,7 +128,8 @@ def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_certify_strict_exits_1_on_every_mutant(mutant, capsys):
     _skip_unless_judgeable(mutant)
-    code = main(["certify", mutant, "--strict"])
+    contract = PINNED.get(mutant)
+    code = main(["certify", mutant, "--strict", *(("--contract", contract) if contract else ())])
     out = capsys.readouterr().out
     assert code == 1 and f"[{mutant}]" in out
 

@@ -74,13 +74,39 @@ def test_an_inactive_or_raising_platform_plugin_leaves_the_builtin(overlay, body
     assert result.values["class"] == BUILTIN
 
 
-def test_a_detection_exception_is_logged_at_debug_with_its_traceback(overlay):
+@pytest.mark.parametrize(
+    ("contract", "level"), [("0.32.0", "DEBUG"), ("0.33.0", "WARNING"), ("0.34.0", "WARNING")]
+)
+def test_an_oot_detection_exception_is_logged_with_its_traceback(overlay, contract, level):
+    # At DEBUG up to 0.32; from 0.33 an out-of-tree detector's exception is a WARNING.
     platform_plugin(overlay, "quiet", "    raise RuntimeError('no device here')")
-    result = run_probe(RESOLVE, overlay=overlay)
+    result = run_probe(RESOLVE, overlay=overlay, contract=contract)
     [record] = [r for r in result.records if "failed during detection" in r["message"]]
-    assert record["level"] == "DEBUG"
+    assert record["level"] == level
     assert record["message"] == "Platform plugin quiet failed during detection."
     assert "no device here" in record["exc"]
+
+
+#: Makes the built-in TPU detector raise, once the engine is mounted.
+RAISING_BUILTIN = """
+import vllm.platforms as platforms
+
+def tpu_platform_plugin():
+    raise RuntimeError("no TPU runtime")
+
+platforms.builtin_platform_plugins["tpu"] = tpu_platform_plugin
+"""
+
+
+@pytest.mark.parametrize("contract", ["0.32.0", "0.34.0"])
+def test_a_builtin_detection_exception_stays_at_debug(contract):
+    result = run_probe(RESOLVE, patch=RAISING_BUILTIN, contract=contract)
+    assert result.ok, result.describe()
+    [record] = [r for r in result.records if "failed during detection" in r["message"]]
+    assert (record["level"], record["message"]) == (
+        "DEBUG",
+        "Platform plugin tpu failed during detection.",
+    )
 
 
 def test_two_active_platform_plugins_raise_naming_both(tmp_path):

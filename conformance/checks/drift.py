@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 from importlib import metadata
 
-from conformance.checks.packaging import VLLM_DISTRIBUTIONS, _vllm_requirements
-from conformance.context import CheckContext
+from conformance.checks.packaging import _vllm_requirements
+from conformance.context import VLLM_DISTRIBUTIONS, CheckContext
 from conformance.drift.analysis import (
     DriftReport,
     ImportFinding,

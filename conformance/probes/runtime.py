@@ -159,6 +159,13 @@ def call_plugin(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return func(*args, **kwargs)
 
 
+def call_method(obj: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """`obj.name(*args, **kwargs)` as plugin code, the lookup included: a plugin object that
+    lacks a method of its interface is the plugin's failure, not the harness's."""
+    method = call_plugin(getattr, obj, name)
+    return call_plugin(method, *args, **kwargs)
+
+
 def attempt(
     func: Callable[..., T], *args: Any, **kwargs: Any
 ) -> tuple[T | None, ExceptionInfo | None]:
@@ -291,6 +298,20 @@ def registered_model_class(arch: str) -> Any:
         module = call_plugin(importlib.import_module, entry.module_name)
         return call_plugin(getattr, module, entry.class_name)
     return getattr(entry, "model_cls", entry)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def warm(function: F) -> F:
+    """Mark a probe function that may run in an interpreter that has already imported the
+    engine's model stack (`conformance.probe.WARM_MODULES`: torch, transformers, vLLM's `LLM`
+    and `AsyncLLM`), resolving the platform on the way. For a function that imports them
+    itself before the plugin's code runs, and whose observation does not time imports or
+    look at `sys.modules`: the engine-run probes. The harness then forks it from such an
+    interpreter, shared by the session, instead of importing all that again."""
+    function.warm = True  # type: ignore[attr-defined]
+    return function
 
 
 class ProbeContext:

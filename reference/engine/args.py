@@ -50,6 +50,7 @@ class EngineArgs:
     num_workers: int | None = None
     distributed_executor_backend: str | None = None
     worker_cls: str = "auto"
+    worker_extension_cls: str = ""
     logits_processors: list[str | type] | None = None
     io_processor_plugin: str | None = None
     pooler_config: Any = None
@@ -84,7 +85,18 @@ class EngineArgs:
         return "pooling" if ModelRegistry.is_pooling_model(archs) else "generate"
 
     def create_engine_config(self) -> VllmConfig:
-        """The `VllmConfig` (the platform applies its defaults and sets `worker_cls`)."""
+        """The `VllmConfig` (the platform applies its defaults and sets `worker_cls`).
+
+        From the 0.34 contract it first has the platform validate the environment, as vLLM
+        does there (`Platform.validate_environ`: removed variables are errors); before 0.34
+        the reference skips that call (see docs/deviations.md).
+        """
+        from reference._version import contract_at_least
+
+        if contract_at_least("0.34.0"):
+            from reference.platforms import current_platform
+
+            current_platform.validate_environ(hard_fail=False)
         if not self.model:
             raise ValueError("EngineArgs.model is empty; pass the directory of a local checkpoint.")
         hf_config = HfConfig.from_pretrained(self.model)
@@ -133,6 +145,7 @@ class EngineArgs:
                 tensor_parallel_size=workers,
                 distributed_executor_backend=backend,
                 worker_cls=self.worker_cls,
+                worker_extension_cls=self.worker_extension_cls,
             ),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs,

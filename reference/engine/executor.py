@@ -46,6 +46,12 @@ class UniProcExecutor(Executor):
     ) -> list[Any]:
         return [self.driver_worker.execute_method(method, *args, **(kwargs or {}))]
 
+    def shutdown(self) -> None:
+        if self.is_shutdown:
+            return
+        self.is_shutdown = True
+        self.driver_worker.shutdown()
+
 
 # --------------------------------------------------------------------------------------------
 # Multiprocessing
@@ -97,6 +103,10 @@ def _worker_main(
         except (EOFError, OSError):
             break  # the driver is gone
         if method == _SHUTDOWN:
+            try:
+                wrapper.shutdown()
+            except Exception:
+                logger.exception("Worker %d failed to shut down.", rpc_rank)
             conn.send(("ok", None))
             break
         try:

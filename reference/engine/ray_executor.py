@@ -270,6 +270,10 @@ class RayDistributedExecutor(Executor):
     def shutdown(self) -> None:
         if self.is_shutdown:
             return
+        try:  # each worker runs its extension's destroy hook and shuts down, then dies
+            self.collective_rpc("shutdown", timeout=10)
+        except Exception as exc:
+            logger.debug("Ray workers did not all shut down cleanly: %s", exc)
         self.is_shutdown = True
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:

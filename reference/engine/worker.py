@@ -60,6 +60,26 @@ class WorkerBase:
     def get_model(self) -> Any:
         return self.model_runner.model
 
+    def set_kv_cache_layout(self, kv_cache_layout: str, *args: Any) -> None:
+        """Record the KV-cache layout the engine core chose. From the 0.33 contract the engine
+        also passes `cp_kv_cache_interleave_size` (an int), stored on `parallel_config`; an
+        override in a platform's worker must accept both arguments there."""
+        from reference._version import contract_at_least
+
+        expected = 2 if contract_at_least("0.33.0") else 1
+        if 1 + len(args) != expected:
+            raise TypeError(
+                f"set_kv_cache_layout() takes {expected} argument(s) under this contract "
+                f"(kv_cache_layout{', cp_kv_cache_interleave_size' if expected == 2 else ''}), "
+                f"got {1 + len(args)}"
+            )
+        self.kv_cache_layout = kv_cache_layout
+        if args:
+            self.parallel_config.cp_kv_cache_interleave_size = int(args[0])
+
+    def shutdown(self) -> None:
+        """Release what the worker holds (the reference's workers hold nothing to release)."""
+
     def _lora_manager(self) -> Any:
         manager = self.model_runner.lora_manager
         if manager is None:
@@ -129,6 +149,23 @@ class GPUWorker(WorkerBase):
         super().init_device()
 
 
+def _inject_extension(worker_cls: type, extension_cls: type) -> None:
+    """Make `extension_cls` a base of `worker_cls`, as vLLM does for `worker_extension_cls`, so
+    that `collective_rpc` can call its methods; a name both define is an error."""
+    if extension_cls in worker_cls.__bases__:
+        return
+    for attr in dir(extension_cls):
+        if attr.startswith("__"):
+            continue
+        if hasattr(worker_cls, attr):
+            raise AssertionError(
+                f"Worker class {worker_cls} already has an attribute {attr}, which conflicts "
+                f"with the worker extension class {extension_cls}."
+            )
+    worker_cls.__bases__ = (*worker_cls.__bases__, extension_cls)
+    logger.info("Injected %s into %s", extension_cls, worker_cls)
+
+
 class WorkerWrapperBase:
     """Holds the worker of one rank; `init_worker` builds it in the process that will run it."""
 
@@ -136,6 +173,7 @@ class WorkerWrapperBase:
         self.rpc_rank = rpc_rank
         self.vllm_config = vllm_config
         self.worker: WorkerBase | None = None
+        self.extension_cls: type | None = None
 
     def init_worker(self, all_kwargs: list[dict[str, Any]]) -> None:
         """Load this process's general plugins, resolve its platform, build the worker."""
@@ -157,8 +195,54 @@ class WorkerWrapperBase:
                 "check_and_update_config() must set it to the worker class to use."
             )
         cls = resolve_obj_by_qualname(worker_cls) if isinstance(worker_cls, str) else worker_cls
+        self.extension_cls = self._extension_class()
+        if self.extension_cls is not None:
+            _inject_extension(cls, self.extension_cls)
         with set_current_vllm_config(vllm_config):
             self.worker = cls(**kwargs)
+
+    def _extension_class(self) -> type | None:
+        """`parallel_config.worker_extension_cls`, resolved (None where none is configured)."""
+        assert self.vllm_config is not None
+        named = self.vllm_config.parallel_config.worker_extension_cls
+        if not named:
+            return None
+        return resolve_obj_by_qualname(named) if isinstance(named, str) else named
+
+    def init_device(self) -> None:
+        """The worker takes its device; from the 0.33 contract the extension's
+        `init_worker_extension(worker)` hook then runs (before the model loads). Its errors
+        propagate."""
+        assert self.worker is not None, "init_worker() must come first"
+        with set_current_vllm_config(self.vllm_config):
+            self.worker.init_device()
+        hook = self._extension_hook("init_worker_extension")
+        if hook is not None:
+            hook(self.worker)
+
+    def shutdown(self) -> None:
+        """Shut the worker down; from the 0.33 contract the extension's
+        `destroy_worker_extension(worker)` hook runs first, and its errors are logged, not
+        raised, so that the worker still shuts down."""
+        if self.worker is None:
+            return
+        hook = self._extension_hook("destroy_worker_extension")
+        if hook is not None:
+            try:
+                hook(self.worker)
+            except Exception:
+                logger.exception("The worker extension's destroy_worker_extension hook failed.")
+        self.worker.shutdown()
+
+    def _extension_hook(self, name: str) -> Any:
+        """The extension class's lifecycle hook `name`, where the modelled contract has them
+        (0.33 on) and the class defines it; before 0.33 same-named methods are never called."""
+        from reference._version import contract_at_least
+
+        extension = self.extension_cls
+        if extension is None or not contract_at_least("0.33.0"):
+            return None
+        return getattr(extension, name, None)
 
     def execute_method(self, method: str, *args: Any, **kwargs: Any) -> Any:
         target = self if self.worker is None or hasattr(type(self), method) else self.worker

@@ -12,8 +12,8 @@ class LoRARequest:
 
     `lora_int_id` must be at least 1 (0 means "no adapter" to the engine) and should be
     unique per adapter; the server replaces it with its own counter when a resolver answers.
-    Two requests are equal, and hash alike, when their `lora_name`s are equal, so an adapter
-    is identified by name across engines.
+    Two requests are equal, and hash alike, when their `lora_name`s are equal (up to the 0.33
+    contract), or their `lora_name`s and `lora_int_id`s are (from 0.34).
     """
 
     lora_name: str
@@ -50,8 +50,18 @@ class LoRARequest:
     def path(self) -> str:
         return self.lora_path
 
+    def _identity(self) -> tuple[str] | tuple[str, int]:
+        """What equality and hashing compare, by the modelled contract (`reference._version`)."""
+        from reference._version import contract_at_least
+
+        if contract_at_least("0.34.0"):
+            return (self.lora_name, self.lora_int_id)
+        return (self.lora_name,)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, self.__class__) and self.lora_name == other.lora_name
+        return isinstance(other, self.__class__) and self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash(self.lora_name)
+        # Up to 0.33 vLLM hashes the bare name: keep that value (it is observable).
+        identity = self._identity()
+        return hash(identity[0]) if len(identity) == 1 else hash(identity)

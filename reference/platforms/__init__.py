@@ -68,8 +68,19 @@ def _only_one_error(names: list[str]) -> RuntimeError:
     return RuntimeError(f"Only one platform plugin can be activated, but got: {names}")
 
 
+def _detector_failed_log(name: str) -> Callable[..., None]:
+    """How a detector's exception is logged: at DEBUG up to 0.32; from 0.33 an out-of-tree
+    detector's is a WARNING (with its traceback), a built-in one's stays at DEBUG."""
+    from reference._version import contract_at_least
+
+    if name in builtin_platform_plugins or not contract_at_least("0.33.0"):
+        return logger.debug
+    return logger.warning
+
+
 def resolve_current_platform_cls_qualname() -> str:
-    """Decide which platform class this process runs on (vLLM 0.32, contract §4.2)."""
+    """Decide which platform class this process runs on (vLLM 0.32, contract §4.2; from 0.33
+    an out-of-tree detector's exception is logged at WARNING)."""
     if envs.VLLM_TARGET_DEVICE == "cpu":
         # Out-of-tree platform plugins are not even discovered in this case.
         qualname = cpu_platform_plugin()
@@ -86,7 +97,9 @@ def resolve_current_platform_cls_qualname() -> str:
             if func() is not None:
                 activated.append(name)
         except Exception:
-            logger.debug("Platform plugin %s failed during detection.", name, exc_info=True)
+            _detector_failed_log(name)(
+                "Platform plugin %s failed during detection.", name, exc_info=True
+            )
 
     # vLLM intersects sets here (so its error lists come in arbitrary order); the reference
     # keeps detection order so that messages are reproducible.

@@ -51,6 +51,28 @@ class DeviceCapability(NamedTuple):
         return self.major * 10 + self.minor
 
 
+_V2_RUNNER_VARIABLE = "VLLM_USE_V2_MODEL_RUNNER"
+
+
+def _reject_removed_variables(removed: dict[str, str]) -> None:
+    """The 0.34 part of `Platform.validate_environ`: variables that no longer work are errors."""
+    for name, hint in removed.items():
+        if name in os.environ:
+            raise ValueError(f"{name} has been removed. {hint}")
+    value = os.environ.get(_V2_RUNNER_VARIABLE)
+    if value is None:
+        return
+    if value != "1":
+        raise ValueError(
+            f"{_V2_RUNNER_VARIABLE}={value} is no longer supported: Model Runner V1 has been "
+            "removed. Unset this variable."
+        )
+    logger.warning(
+        "%s=1 is redundant: Model Runner V2 is the only model runner. Unset this variable.",
+        _V2_RUNNER_VARIABLE,
+    )
+
+
 class Platform:
     """A hardware back-end. Subclasses set `_enum`, `device_name` and `device_type`.
 
@@ -245,15 +267,24 @@ class Platform:
 
     @classmethod
     def validate_environ(cls, hard_fail: bool = False) -> None:
-        """Warn (or raise, with `hard_fail`) about `VLLM_*` variables the engine does not know."""
-        from reference import envs
+        """Warn (or raise, with `hard_fail`) about `VLLM_*` variables the engine does not know.
 
+        From 0.34, whatever `hard_fail` says: a variable of `removed_environment_variables`
+        raises ValueError, and so does `VLLM_USE_V2_MODEL_RUNNER` unless it is "1" (Model
+        Runner V1 is gone), which only earns a warning that it is redundant.
+        """
+        from reference import envs
+        from reference._version import contract_at_least
+
+        if contract_at_least("0.34.0"):
+            _reject_removed_variables(envs.removed_environment_variables)
         unknown = sorted(
             name
             for name in os.environ
             if name.startswith("VLLM_")
-            and name not in envs.environment_variables
+            and name not in envs.known_variables()
             and name not in cls.additional_env_vars
+            and not (name == _V2_RUNNER_VARIABLE and contract_at_least("0.34.0"))
         )
         for name in unknown:
             if hard_fail:
