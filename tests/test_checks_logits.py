@@ -19,6 +19,11 @@ from conformance.runner import CheckResult, plan, run_planned
 from conformance.target import EntryPointInfo, Target, mutant_names, resolve_target
 from tests.conftest import assert_mutant_fails
 
+#: The reference models 0.33 in this module's own process (the probes follow each session's
+#: contract: the newest one a plugin admits, so 0.33 for the fixture and the V1 processors, which
+#: declare vllm<0.34, as 0.34 removed the V1 interface; the tests at the end pin 0.34).
+pytestmark = pytest.mark.contract("0.33.0")
+
 GROUP = "logits"
 LOGITS = "vllm.logits_processors"
 #: The bundled mutants of this group, each named after the check it must fail.
@@ -115,19 +120,26 @@ def run_group(
         }
 
 
-def inline_logits(name: str, source: str, attr: str) -> Target:
-    """A logits-processor plugin `name` written on the spot, its entry point `name:attr`."""
+#: What a plugin that uses the V1 interface declares: vLLM 0.34 removed it (as the fixture).
+V1_REQUIRES = ("vllm>=0.30,<0.34",)
+
+
+def inline_logits(
+    name: str, source: str, attr: str, requires: tuple[str, ...] = ("vllm>=0.30",)
+) -> Target:
+    """A logits-processor plugin `name` written on the spot, its entry point `name:attr`; the
+    reference judges it by the newest contract its `requires` admits."""
     overlay = Overlay().add_inline(
         name, {f"{name}/__init__.py": textwrap.dedent(source)}, {LOGITS: {name: f"{name}:{attr}"}}
     )
     eps = (EntryPointInfo(LOGITS, name, f"{name}:{attr}"),)
-    return Target(name, "0.1.0", "project", eps, ("vllm>=0.30",), None, overlay)
+    return Target(name, "0.1.0", "project", eps, requires, None, overlay)
 
 
 def dummy_v1() -> Target:
     """The fixture's own V1 variant, declared as the entry point of a copy of the fixture."""
     source = fixtures_root() / "dummy_logits_processor/dummy_logits_processor/__init__.py"
-    return inline_logits("dummy_v1_copy", source.read_text(), "DummyLogitsProcessorV1")
+    return inline_logits("dummy_v1_copy", source.read_text(), "DummyLogitsProcessorV1", V1_REQUIRES)
 
 
 MINIMAL_V2 = """
@@ -221,7 +233,7 @@ def test_an_honest_argmax_claim_passes():
         class StrictMinP(MinPLogitsProcessor):
             '''vLLM's min-p processor, which keeps the top token of every row.'''
     """
-    results = run_group(inline_logits("strict_min_p", source, "StrictMinP"))
+    results = run_group(inline_logits("strict_min_p", source, "StrictMinP", V1_REQUIRES))
     assert results["logits.argmax-invariance-honest"].status == "passed"
     assert results["logits.batch-updates"].status == "passed"
 
@@ -274,6 +286,27 @@ def test_a_class_with_neither_base_fails_the_subclass_check():
     results = run_group(inline_logits("duck_proc", source, "Duck"), only={"logits.subclass"})
     assert results["logits.subclass"].status == "failed"
     assert "subclasses neither" in results["logits.subclass"].message
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="drives the processor: needs torch")
+def test_a_processor_lacking_the_interfaces_methods_fails_and_is_never_an_error():
+    # Found by the corpus: sovereign-pulse-vllm ships an old per-request callable with no
+    # add_request or apply_staged_writes. Looking the method up is the plugin's side of the
+    # call: its absence fails the driving checks; it is not the harness's error.
+    source = """
+        class OldStyle:
+            def __init__(self, vllm_config, req_states, *args):
+                pass
+
+            def __call__(self, token_ids, logits):
+                return logits
+    """
+    driving = {"logits.apply-preserves-shape", "logits.batch-updates"}
+    target = inline_logits("old_style_proc", source, "OldStyle")
+    results = run_group(target, only={"logits.is-class", "logits.constructs", *driving})
+    for check_id in driving:
+        assert results[check_id].status == "failed", (check_id, results[check_id].message)
+        assert "AttributeError" in results[check_id].message
 
 
 def test_a_processor_without_its_own_validate_params_passes():
@@ -419,3 +452,75 @@ def test_the_keys_a_processor_reads_are_guessed_from_its_own_constants():
     finally:
         del sys.modules[module.__name__]
     assert keys == ["target_token", "boost"]
+
+
+# --------------------------------------------------------------------------------------------
+# From 0.34 on: Model Runner V1 and its logits-processor interface are gone.
+
+
+def test_the_v1_only_check_ends_at_0_34():
+    argmax = load_catalog()["logits.argmax-invariance-honest"]
+    assert argmax.until == checks.V1_UNTIL == "0.34.0"
+    assert [argmax.applies_to_contract(v) for v in ("0.26.0", "0.33.0", "0.34.0")] == [
+        True,
+        True,
+        False,
+    ]
+    assert [checks.v1_removed(v) for v in ("0.32.0", "0.33.0", "0.34.0", "0.35.1")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_at_0_34_a_class_without_a_base_is_judged_by_the_only_interface_left():
+    obs = probes.LogitsObservation()
+    guessed_v1 = type("Old", (), {"update_state": lambda self, batch_update: None})
+    probes.judge_interface(obs, guessed_v1, {}, v1=True)
+    assert obs.interface == "v1" and obs.guessed
+    probes.judge_interface(obs, guessed_v1, {}, v1=False)
+    assert obs.interface == "v2"
+    # The V1 base is not even looked for then, so its absence is no import error.
+    assert probes.engine_bases(obs, v1=False).keys() <= {"v2"} and "v1" not in obs.base_errors
+
+
+def test_at_0_34_a_v2_processor_passes_every_logits_check():
+    pytest.importorskip("torch")
+    target = minimal_v2("v2_at_034")
+    results = run_group(target, Session(target, contract_version="0.34.0"))
+    assert "logits.argmax-invariance-honest" not in results, "its contract ends before 0.34"
+    assert {k: r.status for k, r in results.items()} == dict.fromkeys(results, "passed"), {
+        k: r.message for k, r in results.items()
+    }
+
+
+class EngineRunContext:
+    """Stands in for a check's context: answers the two probes of `logits.engine-run` and
+    records what the engine-run probe was asked to do."""
+
+    def __init__(self, contract: str) -> None:
+        self.session = types.SimpleNamespace(contract=contract)
+        self.engine_run: dict[str, object] = {}
+
+    def observe(self, function, /, *, purpose="", env=None, timeout=None, **args):
+        if function is probes.observe_logits:
+            return probes.LogitsObservation(
+                has_torch=True, is_class=True, interface="v2", driven=True, keys=["k"]
+            )
+        self.engine_run = {"env": env, **args}
+        return probes.EngineRunObservation(tokens=list(checks.ENGINE_LENGTHS))
+
+
+@pytest.mark.parametrize(
+    ("contract", "variable", "choose_runner"), [("0.33.0", "1", True), ("0.34.0", None, False)]
+)
+def test_the_engine_run_sets_the_runner_variable_only_where_it_exists(
+    contract, variable, choose_runner
+):
+    """0.34 removed `VLLM_USE_V2_MODEL_RUNNER` (any value but "1" fails engine creation) and
+    has no runner to choose: the variable is unset there, and the runner rule not asked."""
+    ctx = EngineRunContext(contract)
+    load_catalog()["logits.engine-run"].func(ctx)  # passes: every request got its tokens
+    assert ctx.engine_run["env"] == {"VLLM_USE_V2_MODEL_RUNNER": variable}
+    assert ctx.engine_run["choose_runner"] is choose_runner

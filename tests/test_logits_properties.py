@@ -30,6 +30,9 @@ from reference.logits.v1 import (  # noqa: E402
 )
 from reference.sampling_params import SamplingParams  # noqa: E402
 
+#: The V1 interface and the fixture's V1 variant exist up to 0.33 (vLLM 0.34 removed them).
+pytestmark = pytest.mark.contract("0.33.0")
+
 SLOTS = 6
 VOCAB = 5
 #: Row logits with distinct probabilities, so min-p thresholds cut between them.

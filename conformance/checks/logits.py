@@ -31,6 +31,11 @@ V2_BASE = "vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor"
 #: The first release whose default model runner is Model Runner V2 (PR #44443, ~v0.26/0.27),
 #: whose loader accepts only V2-interface entry points.
 MRV2_DEFAULT_SINCE = (0, 27)
+#: The first release without Model Runner V1: its logits-processor interface and loader are
+#: gone, and `VLLM_USE_V2_MODEL_RUNNER` is an error unless it is "1".
+V1_REMOVED_SINCE = (0, 34)
+#: `until` of the checks that judge only the V1 interface.
+V1_UNTIL = "0.34.0"
 NO_TORCH = "torch is not installed, so the processor cannot be built or driven"
 NO_ARGMAX_CLAIM_V2 = "the V2 interface makes no argmax-invariance claim"
 NO_ARGMAX_CLAIM_V1 = (
@@ -44,6 +49,16 @@ CONSTRUCTED = ("logits.constructs",)
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers (unit-tested).
+
+
+def v1_removed(contract: str) -> bool:
+    """Whether the engine of `contract` no longer has Model Runner V1 and its logits-processor
+    interface (`vllm.v1.sample.logits_processor`, deleted in 0.34: contract 0.33-0.34 row 2)."""
+    try:
+        release = Version(contract).release
+    except InvalidVersion:
+        return True  # an unreadable version is taken to be a current one
+    return release[:2] >= V1_REMOVED_SINCE
 
 
 def mrv2_is_default(contract: str) -> bool:
@@ -82,8 +97,14 @@ def init_hint(interface: str, params: list[str] | None) -> str:
 
 
 def logits_run(ctx: CheckContext) -> LogitsObservation:
-    """The shared probe's observation for this entry point."""
-    return ctx.observe(observe_logits, purpose="that loads and drives the logits processor")
+    """The shared probe's observation for this entry point; from 0.34 on the probe neither
+    looks for the V1 interface nor takes a class for one (the engine has only Model Runner
+    V2)."""
+    return ctx.observe(
+        observe_logits,
+        purpose="that loads and drives the logits processor",
+        v1=not v1_removed(ctx.session.contract),
+    )
 
 
 def _class(ctx: CheckContext) -> LogitsObservation:
@@ -251,6 +272,8 @@ def check_apply_preserves_shape(ctx: CheckContext) -> None:
     "highest logit (masking, forcing or biasing tokens does); True is only for processors "
     "that never change the greedy choice.",
     requires=CONSTRUCTED,
+    # The claim belongs to the V1 interface, which 0.34 deleted.
+    until=V1_UNTIL,
 )
 def check_argmax_invariance_honest(ctx: CheckContext) -> None:
     """The V1 sampler takes greedy tokens before it runs the processors that claim argmax
@@ -386,16 +409,20 @@ def check_engine_run(ctx: CheckContext) -> None:
     runs apart from the frontend, the processor lives in another process than the one that
     validated the requests (on the reference, a spawned worker). Where the engine refuses to
     run the processor's model runner on this machine (vLLM's CPU build runs Model Runner V2
-    only with a Triton that has a CPU backend), the check is a capability skip."""
+    only with a Triton that has a CPU backend), the check is a capability skip. From 0.34 on
+    there is only Model Runner V2 and the variable is gone (any value but "1" is an error), so
+    none is set; an engine that cannot start a model here makes the check inconclusive."""
     run = _constructed(ctx)
     interface = run.interface
-    flag = "1" if interface == "v2" else "0"
+    only_v2 = v1_removed(ctx.session.contract)
+    flag = None if only_v2 else "1" if interface == "v2" else "0"
     engine: EngineRunObservation = ctx.observe(
         observe_engine_run,
         interface=interface,
         keys=list(run.keys),
         lengths=list(ENGINE_LENGTHS),
         prompts=list(ENGINE_PROMPTS),
+        choose_runner=not only_v2,
         env={"VLLM_USE_V2_MODEL_RUNNER": flag},
         timeout=ENGINE_RUN_TIMEOUT_S,
         purpose="that generates with the processor in a fresh process",
@@ -408,7 +435,9 @@ def check_engine_run(ctx: CheckContext) -> None:
             "only (logits.batch-updates). vLLM's CPU build runs Model Runner V2 only with a "
             "Triton that has a CPU backend; on GPUs it is the default."
         )
-    where = f"under {interface_name(interface)} (VLLM_USE_V2_MODEL_RUNNER={flag})"
+    where = f"under {interface_name(interface)}" + (
+        f" (VLLM_USE_V2_MODEL_RUNNER={flag})" if flag is not None else ""
+    )
     if engine.error is not None:
         requests = "\n  ".join(engine.requests)
         shown = f"Requests (two slots):\n  {requests}\n" if requests else ""

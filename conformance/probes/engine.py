@@ -279,10 +279,14 @@ class CustomOp:
     cls: str | None = None
     #: Its `addition_config` attribute (the dummy out-of-tree op sets it to True).
     addition_config: Any = False
+    #: What building the `VllmConfig` ops are built under raised (no op was built then): the
+    #: engine refuses this machine (vLLM 0.34's CPU platform on x86 without triton-cpu).
+    config_error: ExceptionInfo | None = None
 
 
 def build_rotary_embedding() -> CustomOp:
-    """Load the general plugins, then build an in-tree RotaryEmbedding."""
+    """Load the general plugins, then build an in-tree RotaryEmbedding (under a default
+    `VllmConfig`; if that cannot be built, say why and build nothing)."""
     obs = CustomOp(has_torch=importlib.util.find_spec("torch") is not None)
     if not obs.has_torch:
         return obs
@@ -294,20 +298,30 @@ def build_rotary_embedding() -> CustomOp:
         importlib.import_module, "vllm.model_executor.layers.rotary_embedding"
     )
     # Ops are built while an engine config is current (real vLLM asserts it).
-    with runtime.call_plugin(
-        config.set_current_vllm_config, runtime.call_plugin(config.VllmConfig)
-    ):
+    vllm_config, obs.config_error = runtime.attempt(config.VllmConfig)
+    if obs.config_error is not None:
+        return obs
+    with runtime.call_plugin(config.set_current_vllm_config, vllm_config):
         op = runtime.call_plugin(rotary.RotaryEmbedding, 16, 16, 16, 10000, True, torch.float32)
     obs.cls = type(op).__name__
     obs.addition_config = getattr(op, "addition_config", False)
     return obs
 
 
-def load_logits_plugins() -> list[str] | None:
-    """`__name__` of each class the V1 logits-processor plugin loader returns (None: the
+#: The logits-processor plugin loader of each interface, (module, function): the V1 runner's
+#: (deleted in vLLM 0.34 with the runner) and Model Runner V2's.
+LOGITS_LOADERS = {
+    "v1": ("vllm.v1.sample.logits_processor", "_load_logitsprocs_plugins"),
+    "v2": ("vllm.v1.worker.gpu.sample.logits_processor.loader", "_load_v2_logitsprocs_plugins"),
+}
+
+
+def load_logits_plugins(interface: str = "v1") -> list[str] | None:
+    """`__name__` of each class `interface`'s logits-processor plugin loader returns (None: the
     engine has no such loader)."""
-    module = runtime.call_plugin(importlib.import_module, "vllm.v1.sample.logits_processor")
-    loader = getattr(module, "_load_logitsprocs_plugins", None)
+    module_name, function = LOGITS_LOADERS[interface]
+    module = runtime.call_plugin(importlib.import_module, module_name)
+    loader = getattr(module, function, None)
     if loader is None:
         return None
     return [c.__name__ for c in runtime.call_plugin(loader)]

@@ -178,10 +178,13 @@ class LogitsObservation:
 # The class and its interface (no torch needed).
 
 
-def engine_bases(obs: LogitsObservation) -> dict[str, type]:
-    """The engine's `LogitsProcessor` base of each interface (import errors recorded)."""
+def engine_bases(obs: LogitsObservation, v1: bool = True) -> dict[str, type]:
+    """The engine's `LogitsProcessor` base of each interface (import errors recorded); the V1
+    one only where `v1` says the engine's contract still has it."""
     bases = {}
     for key, module in BASE_MODULES.items():
+        if key == "v1" and not v1:
+            continue
         try:
             bases[key] = importlib.import_module(module).LogitsProcessor
         except BaseException as exc:
@@ -189,8 +192,11 @@ def engine_bases(obs: LogitsObservation) -> dict[str, type]:
     return bases
 
 
-def judge_interface(obs: LogitsObservation, cls: type, bases: dict[str, type]) -> None:
-    """Which interface the class implements; with neither base, the one its methods follow."""
+def judge_interface(
+    obs: LogitsObservation, cls: type, bases: dict[str, type], v1: bool = True
+) -> None:
+    """Which interface the class implements; with neither base, the one its methods follow
+    (only V2 where `v1` says the engine's contract has no V1 interface)."""
     obs.mro = [f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__]
     obs.implements = {key: issubclass(cls, base) for key, base in bases.items()}
     if obs.implements.get("v2"):
@@ -199,7 +205,7 @@ def judge_interface(obs: LogitsObservation, cls: type, bases: dict[str, type]) -
         obs.interface = "v1"
     else:
         obs.guessed = True
-        obs.interface = "v1" if hasattr(cls, "update_state") else "v2"
+        obs.interface = "v1" if v1 and hasattr(cls, "update_state") else "v2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +315,7 @@ def validate_once(cls: type, kwargs: dict[str, Any]) -> ValidateOutcome:
     outcome = ValidateOutcome(params=label(kwargs))
     params = sampling_params(kwargs)
     try:
-        value = runtime.call_plugin(cls.validate_params, params)
+        value = runtime.call_method(cls, "validate_params", params)
     except BaseException as exc:
         outcome.raised = runtime.capture(exc)
         outcome.value_error = isinstance(exc, ValueError)
@@ -407,11 +413,11 @@ class V1Runner(SimulatedRunner):
         proc = self.new()
         added = [(i, sampling_params(kw), [5, 6, 7], []) for i, kw in enumerate(kwargs_list)]
         update = BatchUpdate(batch_size=len(added), removed=[], added=added, moved=[])
-        runtime.call_plugin(proc.update_state, update)
+        runtime.call_method(proc, "update_state", update)
         return proc, None
 
     def apply(self, proc: Any, ctx: Any, logits: Any) -> Any:
-        return runtime.call_plugin(proc.apply, logits)
+        return runtime.call_method(proc, "apply", logits)
 
     def step_rows(self, proc: Any, rows: Any) -> tuple[int, Any]:
         return rows, None
@@ -423,7 +429,9 @@ class V1Runner(SimulatedRunner):
                 output.append(self.rng.randrange(VOCAB))  # decoding grows the live outputs
             if step > 1 and self.rng.random() < 0.15:
                 desc = "update_state(None)  # the batch did not change"
-                yield Step(desc, lambda: runtime.call_plugin(proc.update_state, None), len(batch))
+                yield Step(
+                    desc, lambda: runtime.call_method(proc, "update_state", None), len(batch)
+                )
                 continue
             yield self._change(proc, batch, step)
 
@@ -446,7 +454,7 @@ class V1Runner(SimulatedRunner):
             f"update_state(BatchUpdate(batch_size={len(batch)}, removed={removed}, "
             f"added=[{', '.join(labels)}], moved=[{moves}]))"
         )
-        return Step(desc, lambda: runtime.call_plugin(proc.update_state, update), len(batch))
+        return Step(desc, lambda: runtime.call_method(proc, "update_state", update), len(batch))
 
     def _add(
         self, batch: dict[int, tuple[str, list[int]]], holes: list[int], step: int
@@ -590,8 +598,8 @@ class V2Runner(SimulatedRunner):
         state = self.states[id(proc)]
         for slot, kw in calls:
             self.fill(state, slot)
-            runtime.call_plugin(proc.add_request, slot, sampling_params(kw))
-        runtime.call_plugin(proc.apply_staged_writes)
+            runtime.call_method(proc, "add_request", slot, sampling_params(kw))
+        runtime.call_method(proc, "apply_staged_writes")
 
     def load(self, kwargs_list: list[dict[str, Any]]) -> tuple[Any, Any]:
         proc = self.new()
@@ -601,7 +609,7 @@ class V2Runner(SimulatedRunner):
         return proc, self.context(slots, self.states[id(proc)])
 
     def apply(self, proc: Any, ctx: Any, logits: Any) -> Any:
-        return runtime.call_plugin(proc.apply, logits, ctx)
+        return runtime.call_method(proc, "apply", logits, ctx)
 
     def step_rows(self, proc: Any, rows: Any) -> tuple[int, Any]:
         slots = list(rows)
@@ -710,7 +718,7 @@ def observe_argmax(runner: SimulatedRunner) -> ArgmaxObservation:
     try:
         proc, ctx = runner.load(runner.admitted)
         obs.claim_stage = "is_argmax_invariant()"
-        obs.claims = runtime.call_plugin(proc.is_argmax_invariant)
+        obs.claims = runtime.call_method(proc, "is_argmax_invariant")
     except BaseException as exc:
         obs.claim_error = runtime.capture(exc)
         return obs
@@ -788,18 +796,19 @@ def drive(obs: LogitsObservation, cls: type, admitted: list[dict[str, Any]]) -> 
     obs.batch = observe_batch(runner)
 
 
-def observe_logits(group: str, name: str) -> LogitsObservation:
+def observe_logits(group: str, name: str, v1: bool = True) -> LogitsObservation:
     """Load the processor class, judge its interface, call `validate_params` on many
-    parameter sets and, where torch is installed, build it and drive it."""
+    parameter sets and, where torch is installed, build it and drive it. `v1`: whether the
+    engine's contract has the V1 interface (False from vLLM 0.34 on)."""
     obs = LogitsObservation(has_torch=importlib.util.find_spec("torch") is not None)
     entry_point = runtime.target_entry_point(group, name)
     cls, obs.load_error = runtime.attempt(entry_point.load)
     obs.is_class = isinstance(cls, type)
     obs.repr = repr(cls)[:200]
-    bases = engine_bases(obs)
+    bases = engine_bases(obs, v1)
     if not isinstance(cls, type):
         return obs
-    judge_interface(obs, cls, bases)
+    judge_interface(obs, cls, bases, v1)
     obs.keys = arg_keys(cls)
     obs.validate, admitted = observe_validate(cls, obs.keys, parameter_sets(obs.keys))
     obs.admitted = [label(kw) for kw in admitted]
@@ -900,16 +909,26 @@ def _generate(obs: EngineRunObservation, lengths: list[int], prompts: list[str])
     engine_run.shut(llm)
 
 
+@runtime.warm
 def observe_engine_run(
-    group: str, name: str, interface: str, keys: list[str], lengths: list[int], prompts: list[str]
+    group: str,
+    name: str,
+    interface: str,
+    keys: list[str],
+    lengths: list[int],
+    prompts: list[str],
+    choose_runner: bool = True,
 ) -> EngineRunObservation:
     """With the plugin installed and `interface`'s model runner in force (the caller sets
     `VLLM_USE_V2_MODEL_RUNNER`), generate for requests of the given lengths on a tiny Llama
-    with two slots, every other one carrying `extra_args` the processor seems to read."""
+    with two slots, every other one carrying `extra_args` the processor seems to read.
+    `choose_runner`: whether the engine has a runner to choose (before 0.34); if not, its rule
+    for refusing one is no reason to stop, since it has no other: starting it tells."""
     obs = EngineRunObservation(missing=engine_run.missing_engine_deps())
     if obs.missing:
         return obs
-    obs.runner_unavailable = runner_unavailable(interface)
+    if choose_runner:
+        obs.runner_unavailable = runner_unavailable(interface)
     if obs.runner_unavailable is not None:
         return obs
     cls = runtime.load_entry_point(group, name)
