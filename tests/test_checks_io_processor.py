@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 
 import pytest
@@ -154,6 +155,31 @@ def test_the_processor_is_built_with_the_full_config_of_a_served_pooling_model()
     constructs = results["io_processor.constructs"]
     assert constructs.status == "passed", constructs.message
     assert results["io_processor.round-trip"].status == "passed"
+
+
+#: A constructor that loads the served model's tokenizer from its path, as vllm-factory's do.
+LOADS_THE_SERVED_TOKENIZER = """class Processor(IOProcessor):
+    def __init__(self, vllm_config, renderer):
+        super().__init__(vllm_config, renderer)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(vllm_config.model_config.model)
+        assert self.tokenizer("hi").input_ids
+
+"""
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("transformers", "tokenizers")),
+    reason="loads a tokenizer: needs transformers and tokenizers",
+)
+def test_the_served_model_has_a_tokenizer_the_processor_can_load():
+    # Found by the corpus: vllm-factory's IO processors load the served model's tokenizer in
+    # __init__; the harness served a config.json alone, and every one of them failed.
+    source = text_processor(**{"class Processor(IOProcessor):\n": LOADS_THE_SERVED_TOKENIZER})
+    results = run_group(inline_processor("tokenizer_loader", source))
+    constructs = results["io_processor.constructs"]
+    assert constructs.status == "passed", constructs.message
 
 
 def test_every_io_processor_check_has_a_mutant():

@@ -49,14 +49,20 @@ TINY_LLAMA_CONFIG: dict[str, Any] = {
 
 def served_config(model: str | None = None, **engine_args: Any) -> Any:
     """The `VllmConfig` an engine builds to serve `model` (a checkpoint directory; default: the
-    tiny Llama's config alone) with `engine_args`: the full config vLLM hands the plugin objects
-    it constructs (model, scheduler, cache and parallel configs all set), never a bare
-    `VllmConfig()`, whose `model_config` is None on vLLM."""
+    tiny Llama's config and tokenizer, no weights) with `engine_args`: the full config vLLM
+    hands the plugin objects it constructs (model, scheduler, cache and parallel configs all
+    set), never a bare `VllmConfig()`, whose `model_config` is None on vLLM."""
     from vllm.engine.arg_utils import EngineArgs
 
     if model is None:
         model = tempfile.mkdtemp(prefix="served-model-")
         (Path(model) / "config.json").write_text(json.dumps(TINY_LLAMA_CONFIG))
+        # A served model always has a tokenizer, and plugin objects load it from the model's
+        # path (`AutoTokenizer.from_pretrained(vllm_config.model_config.model)`).
+        if importlib.util.find_spec("tokenizers") is not None:
+            from conformance.fixtures.generators.checkpoint import write_tokenizer
+
+            write_tokenizer(Path(model))
     return EngineArgs(model=model, **{**SMALL_ENGINE, **engine_args}).create_engine_config()
 
 
@@ -94,6 +100,7 @@ class BareEngine:
     error: ExceptionInfo | None = None
 
 
+@runtime.warm
 def start_bare_engine() -> BareEngine:
     """`LLM` on a tiny generated Llama, one token for one prompt: run with no plugin visible,
     it tells a plugin's engine-run failure from an engine that cannot run a model in this

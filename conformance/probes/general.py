@@ -366,6 +366,7 @@ def _run_model(run: ModelRun, arch: str) -> None:
     engine_run.shut(llm)
 
 
+@runtime.warm
 def observe_models(group: str, name: str, run: list[str] | None = None) -> ModelsObservation:
     """Register the plugin's models and build and run each architecture in `run` (all if
     None; none if empty) in this process, where `forward` can be watched."""

@@ -78,6 +78,7 @@ def resolve_class(qualname: str) -> Any:
     return runtime.call_plugin(getattr, imported, attr)
 
 
+@runtime.warm
 def observe_io_processor(group: str, name: str) -> IOProcessorObservation:
     """Load the entry point, call it as vLLM does and import the class it names."""
     import vllm.plugins.io_processors  # noqa: F401  (the engine's side, before the plugin)
@@ -288,7 +289,7 @@ def _round_trip(obs: IOProcessorDrive, processor: Any) -> None:
 def _reject(processor: Any, shown: str, value: Any, jtype: str) -> Rejection:
     entry = Rejection(input=shown, jtype=jtype)
     try:
-        parsed = runtime.call_plugin(processor.parse_data, value)
+        parsed = runtime.call_method(processor, "parse_data", value)
     except BaseException as exc:
         entry.error = runtime.capture(exc)
         entry.is_value_error = isinstance(exc, ValueError)
@@ -322,6 +323,7 @@ def served_config(name: str) -> tuple[Any, str]:
     return config, words
 
 
+@runtime.warm
 def drive_io_processor(group: str, name: str, qualname: str) -> IOProcessorDrive:
     """Build the class `qualname` (the entry function's answer) as the server does, select it
     by name, take the plugin's sample request through it and offer it malformed requests."""
@@ -462,6 +464,7 @@ def _encode(obs: IOProcessorEngineRun, cls: Any, name: str) -> None:
     engine_run.shut(llm)
 
 
+@runtime.warm
 def run_io_processor_engine(group: str, name: str, qualname: str) -> IOProcessorEngineRun:
     """Take the plugin's sample request through `LLM.encode` on a checkpoint of the model the
     processor feeds: the plugin's `conformance_checkpoint(workdir)`, else a generated one."""

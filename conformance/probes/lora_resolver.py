@@ -154,7 +154,7 @@ class _Asker:
         if id(resolver) in self.stalled:
             return Reply(stalled="not asked: an earlier call did not answer in time")
         try:
-            answer = runtime.call_plugin(resolver.resolve_lora, BASE_MODEL, name)
+            answer = runtime.call_method(resolver, "resolve_lora", BASE_MODEL, name)
             if inspect.isawaitable(answer):
                 answer = await asyncio.wait_for(answer, RESOLVE_TIMEOUT_S)
         except asyncio.TimeoutError:

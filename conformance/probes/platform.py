@@ -447,6 +447,7 @@ def _run_worker(obs: WorkerRunObservation) -> None:
     engine_run.shut(llm)
 
 
+@runtime.warm
 def observe_worker_run(group: str, name: str) -> WorkerRunObservation:
     """Build `LLM` on a tiny Llama on the platform (admitted alone by `VLLM_PLUGINS`) with the
     uniprocess executor, and generate 2 tokens for 2 prompts."""

@@ -57,6 +57,7 @@ class StatLoggerObservation:
     loader: list[str] = field(default_factory=list)
 
 
+@runtime.warm
 def observe_stat_logger(group: str, name: str) -> StatLoggerObservation:
     """Load the entry point, describe it, and let the engine's loader judge it."""
     from vllm.v1.metrics.loggers import (
@@ -236,6 +237,7 @@ def _steps(logger: Any, aggregate: bool) -> list[tuple[str, Callable[[], Any]]]:
     return steps
 
 
+@runtime.warm
 def drive_stat_logger(group: str, name: str) -> StatLoggerDrive:
     """Build the class as the engine's manager does and make every call the frontend makes."""
     import vllm.v1.metrics.loggers as loggers
@@ -358,6 +360,7 @@ async def _serve(obs: StatLoggerEngineRun, step_timeout: float) -> None:
     obs.stage = None
 
 
+@runtime.warm
 def run_stat_logger_engine(group: str, name: str, step_timeout: float) -> StatLoggerEngineRun:
     """Serve three requests of different lengths with `AsyncLLM` on a tiny generated Llama, the
     plugin's class watched; `step_timeout` bounds the requests once the engine is built."""
