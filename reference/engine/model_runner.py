@@ -12,6 +12,7 @@ import torch
 from reference.config import VllmConfig, set_current_vllm_config
 from reference.engine.messages import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from reference.engine.sampler import SamplingRow, sample
+from reference.forward_context import set_forward_context
 from reference.logger import init_logger
 
 logger = init_logger("vllm.v1.worker.model_runner")
@@ -255,17 +256,20 @@ class ModelRunner:
         start = state.num_computed_tokens
         input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(tokens), device=self.device)
-        if self.lora_manager is not None:
-            # One sequence per forward: its adapter (or None, the base model) covers all rows.
-            with self.lora_manager.batch(state.lora_request):
+        if self.lora_manager is None and state.lora_request is not None:
+            raise ValueError(
+                f"Request {state.req_id!r} asks for LoRA adapter "
+                f"{state.lora_request.lora_name!r}, but LoRA is off; pass enable_lora=True."
+            )
+        # As in vLLM, layers may read per-step state with `get_forward_context()` while the
+        # model runs; the reference has no attention metadata to put there.
+        with set_forward_context(None, self.vllm_config, num_tokens=len(tokens)):
+            if self.lora_manager is not None:
+                # One sequence per forward: its adapter (or None, the base model) covers all rows.
+                with self.lora_manager.batch(state.lora_request):
+                    hidden = self.model(input_ids, positions, **kwargs)
+            else:
                 hidden = self.model(input_ids, positions, **kwargs)
-        else:
-            if state.lora_request is not None:
-                raise ValueError(
-                    f"Request {state.req_id!r} asks for LoRA adapter "
-                    f"{state.lora_request.lora_name!r}, but LoRA is off; pass enable_lora=True."
-                )
-            hidden = self.model(input_ids, positions, **kwargs)
         state.num_computed_tokens = start + len(tokens)
         return hidden
 

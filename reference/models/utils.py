@@ -9,9 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 _T = TypeVar("_T")
+
+if TYPE_CHECKING:  # answered lazily by `__getattr__` below (they need torch)
+    from reference.models.loading import (
+        AutoWeightsLoader,
+        PPMissingLayer,
+        extract_layer_index,
+        get_pp_missing_layer_names,
+        is_pp_missing_parameter,
+        make_empty_intermediate_tensors_factory,
+        make_layers,
+    )
+
+__all__ = [
+    "AutoWeightsLoader",
+    "PPMissingLayer",
+    "WeightsMapper",
+    "extract_layer_index",
+    "get_pp_missing_layer_names",
+    "is_pp_missing_parameter",
+    "make_empty_intermediate_tensors_factory",
+    "make_layers",
+    "maybe_prefix",
+]
 
 
 @dataclass
@@ -70,3 +93,24 @@ class WeightsMapper:
 def maybe_prefix(prefix: str, name: str) -> str:
     """`prefix.name`, or `name` alone at the top (an empty prefix)."""
     return f"{prefix}.{name}" if prefix else name
+
+
+#: Names of `vllm.model_executor.models.utils` that need torch: imported on first use, so that
+#: importing this module stays torch-free.
+_TORCH_HELPERS = {
+    "AutoWeightsLoader",
+    "PPMissingLayer",
+    "extract_layer_index",
+    "get_pp_missing_layer_names",
+    "is_pp_missing_parameter",
+    "make_empty_intermediate_tensors_factory",
+    "make_layers",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _TORCH_HELPERS:
+        from reference.models import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
