@@ -132,6 +132,9 @@ class LoRAConfig:
 class CompilationConfig:
     custom_ops: list[str] = field(default_factory=list)
     level: int = 0
+    #: Layer name -> layer, filled as the model is built (attention layers register here);
+    #: platform workers read it (vllm-spyre-next). Not a constructor argument, as in vLLM.
+    static_forward_context: dict[str, Any] = field(default_factory=dict, init=False)
 
 
 @dataclass

@@ -78,8 +78,10 @@ def create_forward_context(
     is_padding: Any = None,
 ) -> ForwardContext:
     """A `ForwardContext` for one step of the engine configured by `vllm_config`."""
+    compilation = getattr(vllm_config, "compilation_config", None)
     return ForwardContext(
-        no_compile_layers={},
+        # As in vLLM: the layers that registered themselves while the model was built.
+        no_compile_layers=getattr(compilation, "static_forward_context", {}),
         attn_metadata=attn_metadata,
         slot_mapping=slot_mapping or {},
         dp_metadata=dp_metadata,

@@ -21,6 +21,7 @@ SURFACE: dict[str, str] = {
     # core: loader, platforms, configuration
     "vllm.envs": "reference.envs",
     "vllm.logger": "reference.logger",
+    "vllm.logging_utils": "reference.logging_utils",
     "vllm.plugins": "reference.plugins",
     "vllm.platforms": "reference.platforms",
     "vllm.platforms.interface": "reference.platforms.interface",

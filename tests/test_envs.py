@@ -119,3 +119,65 @@ def test_lora_cache_dir_is_the_raw_string(monkeypatch):
 def test_unknown_attribute_raises():
     with pytest.raises(AttributeError):
         envs.VLLM_NOT_A_VARIABLE  # noqa: B018
+
+
+def test_a_logging_config_file_replaces_the_default_config(tmp_path):
+    # Real plugins read vllm.envs.VLLM_LOGGING_CONFIG_PATH (sendnn-inference, vllm-spyre-next).
+    import json
+    import subprocess
+    import sys
+
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "FROM-FILE %(name)s %(message)s"}},
+        "handlers": {
+            "out": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "loggers": {"vllm": {"handlers": ["out"], "level": "INFO", "propagate": False}},
+    }
+    path = tmp_path / "logging.json"
+    path.write_text(json.dumps(config))
+    code = (
+        "from reference import envs\n"
+        "from reference.logger import init_logger\n"
+        "assert envs.VLLM_CONFIGURE_LOGGING is True, envs.VLLM_CONFIGURE_LOGGING\n"
+        "init_logger('vllm.test').info('hello')\n"
+    )
+    run = dict(capture_output=True, text=True, timeout=60)
+    env = {"PATH": "/usr/bin:/bin", "VLLM_LOGGING_CONFIG_PATH": str(path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, **run)
+    assert done.returncode == 0, done.stderr
+    assert "FROM-FILE vllm.test hello" in done.stdout
+    both = {**env, "VLLM_CONFIGURE_LOGGING": "0"}
+    refused = subprocess.run([sys.executable, "-c", "import reference.logger"], env=both, **run)
+    assert refused.returncode != 0 and "VLLM_LOGGING_CONFIG_PATH" in refused.stderr
+
+
+def test_plugins_can_extend_the_default_logging_config():
+    # sendnn-inference and vllm-spyre-next copy vllm.logger.DEFAULT_LOGGING_CONFIG's vllm
+    # formatter, handler and logger for their own logger and apply it with dictConfig.
+    import subprocess
+    import sys
+
+    code = (
+        "import copy, logging, logging.config\n"
+        "from reference.logger import DEFAULT_LOGGING_CONFIG, logger\n"
+        "config = copy.deepcopy(DEFAULT_LOGGING_CONFIG)\n"
+        "config['formatters']['mine'] = config['formatters']['vllm']\n"
+        "config['handlers']['mine'] = {**config['handlers']['vllm'], 'formatter': 'mine'}\n"
+        "config['loggers']['mine'] = {**config['loggers']['vllm'], 'handlers': ['mine']}\n"
+        "logging.config.dictConfig(config)\n"
+        "logging.getLogger('mine').warning('one\\ntwo')\n"
+        "assert logger.name == 'vllm.logger'\n"
+    )
+    run = dict(capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, **run)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()[:2]
+    assert first.startswith("WARNING ") and first.endswith("] one"), first
+    assert second.strip().startswith("WARNING ") and second.endswith("] two"), second

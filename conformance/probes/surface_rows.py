@@ -25,6 +25,7 @@ from typing import Any
 
 #: The vLLM paths these rows cover, with the reference names each must have on both engines.
 MODULE_NAMES: dict[str, tuple[str, ...]] = {
+    "vllm.logging_utils": ("ColoredFormatter", "NewLineFormatter"),
     "vllm.model_executor.layers.linear": (
         "ColumnParallelLinear",
         "LinearBase",
@@ -651,6 +652,38 @@ def models_utils() -> list[Any]:
     ]
 
 
+def logging_config() -> list[Any]:
+    """vllm.logger.DEFAULT_LOGGING_CONFIG as plugins extend it (sendnn-inference copies its
+    vllm formatter, handler and logger for its own logger): its shape, and that dictConfig
+    accepts the copy; NewLineFormatter repeats the header on each line of a message."""
+    import copy
+    import logging
+    import logging.config
+
+    from vllm.logger import DEFAULT_LOGGING_CONFIG, logger
+    from vllm.logging_utils import NewLineFormatter
+
+    config = copy.deepcopy(DEFAULT_LOGGING_CONFIG)
+    shape = [
+        sorted(config),
+        sorted(config["formatters"]),
+        sorted(config["handlers"]),
+        config["handlers"]["vllm"]["class"],
+        config["loggers"]["vllm"]["propagate"],
+        config["version"],
+        config["disable_existing_loggers"],
+    ]
+    config["formatters"]["h4_plugin"] = config["formatters"]["vllm"]
+    config["handlers"]["h4_plugin"] = {**config["handlers"]["vllm"], "formatter": "h4_plugin"}
+    config["loggers"]["h4_plugin"] = {**config["loggers"]["vllm"], "handlers": ["h4_plugin"]}
+    config["handlers"]["h4_plugin"]["stream"] = "ext://sys.stderr"
+    logging.config.dictConfig(config)
+    formatter = NewLineFormatter("%(levelname)s [%(filename)s] %(message)s", log_level="INFO")
+    record = logging.LogRecord("x", logging.WARNING, "/a/b.py", 1, "one\ntwo", None, None)
+    lines = formatter.format(record).split("\r\n")
+    return [*shape, logger.name, lines]
+
+
 def intermediate_tensors() -> list[Any]:
     """IntermediateTensors: length, slicing, item assignment, items and equality."""
     import torch
@@ -709,6 +742,7 @@ BEHAVIOUR: dict[str, Callable[[], Any]] = {
     "models-utils.auto-weights-loader-and-layers": models_utils,
     "sequence.intermediate-tensors": intermediate_tensors,
     "math-utils.rounding": math_utils,
+    "logging.default-config-and-formatter": logging_config,
 }
 
 
