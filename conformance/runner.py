@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
+import re
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from conformance.context import CheckContext, Session
+from conformance.context import CheckContext, Session, reference_contract_for
 from conformance.framework import (
     CATALOG,
     CapabilitySkip,
@@ -30,9 +31,9 @@ from conformance.framework import (
     load_catalog,
 )
 from conformance.measure import Measurement, engine_scope, plugin_scope
+from conformance.preflight import DISTRIBUTION_OF, VLLM_REQUIREMENTS, missing_requirements
 from conformance.probes.data import ExceptionInfo
 from conformance.target import EntryPointInfo, Target
-from reference._version import CONTRACT_VERSION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -297,11 +298,12 @@ def certify_command(target: Target, *options: str) -> str:
 def on_real_vllm(target: Target) -> str:
     """The commands that judge `target` on real vLLM, for a message (one wording everywhere).
     A managed environment (`--vllm`) can only take a project directory or a bundled fixture,
-    so an installed distribution is pointed at an environment with vLLM installed."""
+    so an installed distribution is pointed at an environment with vLLM installed. The
+    release offered is the one the reference judges the target by (`reference_contract_for`)."""
     engine = f"`{certify_command(target, '--engine vllm')}` where vLLM is installed"
     if target.project_dir is None:
         return engine
-    managed = certify_command(target, "--vllm", CONTRACT_VERSION)
+    managed = certify_command(target, "--vllm", reference_contract_for(target))
     return f"`{managed}` (a managed environment) or {engine}"
 
 
@@ -315,6 +317,12 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
     target = session.target
     missing = exception.missing_module or ""
     on_reference = session.engine == "reference"
+    if (
+        on_reference
+        and missing.startswith("vllm.")
+        and absent_from_release(missing, None, session.contract)
+    ):
+        return None  # vLLM at the contract lacks it too: the plugin's import is broken there
     if on_reference and (missing == "vllm" or missing.startswith("vllm.")):
         return (
             f"the plugin imports {missing}, which the embedded reference engine does not "
@@ -322,8 +330,14 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
             f"{on_real_vllm(target)}"
         )
     name = exception.missing_name or ""
+    if on_reference and name.startswith(("reference.", "reference:")):
+        # The mounted reference's modules carry their own names (`reference.envs` answers
+        # `vllm.envs`), and ImportError names the module by its own name.
+        name = "vllm" + name[len("reference") :]
     if on_reference and (name.startswith("vllm.") or name.startswith("vllm:")):
         module, _, attribute = name.partition(":")
+        if absent_from_release(module, attribute, session.contract):
+            return None  # vLLM at the contract lacks the name too: the plugin's failure
         return (
             f"the plugin imports {attribute} from {module}, which the embedded reference engine "
             f"does not provide; judge it on real vLLM: {on_real_vllm(target)}"
@@ -335,7 +349,75 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
             f"the plugin needs {top}, which is not installed here; install it "
             f"(`pip install {install}`) and run `{certify_command(target)}` again"
         )
+    if top and _vllm_brings(top) and importlib.util.find_spec(top) is None:
+        # vLLM installs it (one of its own requirements), so a plugin may rely on it; here it
+        # is absent (beside the reference, or in a vLLM installed without its dependencies).
+        judge = f" or judge it on real vLLM: {on_real_vllm(target)}" if on_reference else ""
+        return (
+            f"the plugin needs {top}, which vLLM installs with itself but which is not installed "
+            f"here; install it (`pip install {DISTRIBUTION_OF.get(top, top)}`){judge}"
+        )
+    provider = _absent_provider(target, top) if top else None
+    if provider and importlib.util.find_spec(top) is None:
+        return (
+            f"the plugin imports {top}, which no installed distribution provides; it declares "
+            f"{provider}, which is not installed here and by its name provides {top}; install "
+            f"it (`pip install '{provider}'`) and run `{certify_command(target)}` again"
+        )
+    named = _named_absent_requirement(target, exception)
+    if named:
+        # Libraries that probe for optional backends say so in words, not ModuleNotFoundError
+        # ("You need to have sentencepiece or tiktoken installed").
+        return (
+            f"the failure names {named}, which the plugin declares but which is not installed "
+            f"here; install it (`pip install '{named}'`) and run `{certify_command(target)}` again"
+        )
     return None
+
+
+def _named_absent_requirement(target: Target, exception: ExceptionInfo) -> str | None:
+    """A declared requirement, not installed here, that the exception's message (or a cause's)
+    names as a whole word."""
+    text = " ".join([exception.message, *exception.causes]).lower()
+    for requirement in missing_requirements(target):
+        name = canonicalize_name(Requirement(requirement).name)
+        spellings = {name, name.replace("-", "_")}
+        if any(re.search(rf"(?<![\w.-]){re.escape(s)}(?![\w-])", text) for s in spellings):
+            return requirement
+    return None
+
+
+def _absent_provider(target: Target, module: str) -> str | None:
+    """A declared requirement, not installed here, whose name says it provides `module`
+    (`raif-format` for `raif`): the import name of a distribution is unknown until it is
+    installed, so its name's words are all there is to go on."""
+    wanted = module.lower().replace("_", "-")
+    for requirement in missing_requirements(target):
+        name = canonicalize_name(Requirement(requirement).name)
+        if f"-{wanted}-" in f"-{name}-":  # whole words of the name: raif in raif-format
+            return requirement
+    return None
+
+
+def absent_from_release(module: str, name: str | None, release: str) -> bool:
+    """Whether vLLM `release` lacks `module` (or `name` in it), by the API index: then the
+    reference lacking it too is no gap of the reference, and the import fails on vLLM alike.
+    False where the index cannot say (no index, a release it does not hold)."""
+    from conformance.checks.drift import api_index
+    from conformance.drift.index import IndexFileError
+
+    try:
+        index = api_index()
+    except (IndexFileError, OSError, ValueError):
+        return False
+    if release not in index.releases:
+        return False
+    return not index.import_mask(module, name) & (1 << index.releases.index(release))
+
+
+def _vllm_brings(module: str) -> bool:
+    """Whether `module` (a top-level import name) is provided by one of vLLM's requirements."""
+    return canonicalize_name(DISTRIBUTION_OF.get(module, module)) in VLLM_REQUIREMENTS
 
 
 def _expected_reason(item: Planned, expected: Mapping[str, str]) -> str | None:

@@ -310,4 +310,42 @@ def test_the_committed_census_and_page_match_the_corpus() -> None:
         (canonicalize_name(p.name), p.version) for p in pins
     ], "run `python benchmarks/corpus.py census --render` after changing corpus.toml"
     page = (ROOT / "docs" / "ecosystem.md").read_text(encoding="utf-8")
-    assert page == render_markdown(data), "run `python benchmarks/corpus.py render`"
+    assert page == _corpus_module().page_text(data), "run `python benchmarks/corpus.py render`"
+
+
+def test_every_most_demanded_unanswered_module_has_a_reason() -> None:
+    """docs/ecosystem-unanswered.toml covers the committed census's most-imported modules
+    the reference does not answer, and names none it answers now (re-census, then update)."""
+    from conformance.census import load_unanswered, most_demanded_unanswered
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "census.json").read_text())
+    reasons = load_unanswered()
+    demanded = [r["module"] for r in most_demanded_unanswered(data)]
+    assert len(demanded) == 30
+    assert sorted(set(demanded) - set(reasons)) == [], "give these a reason"
+    unanswered = {r["module"] for r in data["modules"] if r["reference"] is None}
+    assert sorted(set(reasons) - unanswered) == [], "the reference answers these now"
+
+
+def test_unanswered_reasons_are_validated_and_rendered(tmp_path: Path) -> None:
+    from conformance.census import _unanswered_section, load_unanswered
+
+    path = tmp_path / "reasons.toml"
+    path.write_text('[modules."vllm.x"]\nreason = "too big"\nwhy = "it is"\n')
+    reasons = load_unanswered(path)
+    path.write_text('[modules."vllm.x"]\nreason = "lazy"\nwhy = "no"\n')
+    with pytest.raises(ValueError, match="vllm.x"):
+        load_unanswered(path)
+    assert load_unanswered(tmp_path / "absent.toml") == {}
+    data = {
+        "summary": {"vllm_release": "0.32.0"},
+        "modules": [
+            {"module": "vllm.y", "plugins": 3, "reference": "module", "vllm": True},
+            {"module": "vllm.x", "plugins": 2, "reference": None, "vllm": True},
+            {"module": "vllm.z", "plugins": 1, "reference": None, "vllm": False},
+        ],
+    }
+    text = _unanswered_section(data, reasons)
+    assert "| `vllm.x` | 2 | yes | too big | it is |" in text
+    assert "| `vllm.z` | 1 | **no** | **no reason given** |  |" in text
+    assert "vllm.y" not in text and _unanswered_section(data, {}) == ""

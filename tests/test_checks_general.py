@@ -255,3 +255,23 @@ def test_a_slow_engine_import_does_not_count_but_the_plugins_own_slow_import_doe
     values = _general_run_values(slow)
     assert values.load_s > 1.2 and values.load_engine_s < 0.5
     assert "1 s" in fast_import_problem(values), "a module of the plugin's own counts"
+
+
+def test_weights_a_subclass_adds_are_the_generated_checkpoints_gap(monkeypatch):
+    # Found by the corpus: qwerky-vllm-models' MambaInLlamaMambaForCausalLM subclasses
+    # LlamaForCausalLM and adds Mamba layers; built from the generated Llama checkpoint, vLLM
+    # 0.32 raised "Following weights were not initialized from checkpoint" and
+    # general.models-run failed the plugin for what the checkpoint cannot hold.
+    from conformance.checks import general
+
+    llama = {"model", "layers", "self_attn", "qkv_proj", "q_proj", "mlp", "weight", "norm"}
+    monkeypatch.setattr(general, "checkpoint_parts", lambda family: llama)
+    said = "Following weights were not initialized from checkpoint: {%s}"
+    added = said % "'model.layers.0.mamba.A', 'model.layers.1.mamba.D'"
+    assert general.weights_the_checkpoint_lacks(added, "llama") == {"mamba", "A", "D"}
+    # A parameter the checkpoint offers and the model did not load is the plugin's failure.
+    offered = said % "'model.layers.0.mamba.A', 'model.layers.0.self_attn.qkv_proj.weight'"
+    assert general.weights_the_checkpoint_lacks(offered, "llama") == set()
+    assert general.weights_the_checkpoint_lacks("ValueError: other", "llama") == set()
+    monkeypatch.setattr(general, "checkpoint_parts", lambda family: set())
+    assert general.weights_the_checkpoint_lacks(added, "llama") == set(), "no checkpoint: fail"

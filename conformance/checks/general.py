@@ -7,6 +7,9 @@ after its first call and after a second call in the same process.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import NoReturn
 
 from conformance.context import CheckContext, observation
@@ -326,6 +329,46 @@ def run_problem(arch: str, info: ModelRun) -> str | None:
     return None
 
 
+#: What the engines say when a model has parameters the checkpoint has no tensor for.
+NOT_LOADED = "weights were not initialized from checkpoint"
+
+
+def weights_the_checkpoint_lacks(message: str, family: str) -> set[str]:
+    """The path parts, in the parameter names the engine could not load, that no tensor of the
+    harness's generated `family` checkpoint has (a subclass's added layers: `mamba` in
+    `model.layers.0.mamba.A`). Empty when any unloaded parameter is made only of parts the
+    checkpoint has: then the checkpoint offered it and the model did not take it, which is
+    the plugin's failure."""
+    if NOT_LOADED not in message or "{" not in message:
+        return set()
+    names = re.findall(r"'([^']+)'", message[message.index("{") :])
+    known = checkpoint_parts(family)
+    if not names or not known:
+        return set()
+    added = [{part for part in name.split(".") if not part.isdigit()} - known for name in names]
+    if not all(added):
+        return set()
+    return set().union(*added)
+
+
+def checkpoint_parts(family: str) -> set[str]:
+    """Every dotted part of the tensor names in the generated `family` checkpoint (read from
+    its safetensors header), with the engines' fused names for them; empty when it is not
+    there (it is written by the probe that ran the model)."""
+    from conformance.fixtures.generators.checkpoint import tiny_checkpoint
+
+    try:
+        path = Path(tiny_checkpoint(family)) / "model.safetensors"
+        with path.open("rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    except (OSError, ValueError, ImportError, KeyError):
+        return set()
+    parts = {part for name in header if name != "__metadata__" for part in name.split(".")}
+    fused = {"qkv_proj": {"q_proj", "k_proj", "v_proj"}, "gate_up_proj": {"gate_proj", "up_proj"}}
+    parts |= {name for name, pieces in fused.items() if pieces & parts}
+    return {part for part in parts if not part.isdigit()}
+
+
 @check(
     "general.models-run",
     title="every architecture the plugin registers builds and runs a forward pass in the engine",
@@ -373,6 +416,14 @@ def check_models_run(ctx: CheckContext) -> None:
     for arch, info in sorted(runs.items()):
         if info.error is not None:
             family = info.family or "?"
+            added = weights_the_checkpoint_lacks(info.error.message, family)
+            if added:
+                inconclusive(
+                    f"{arch} adds parameters a {family} checkpoint has no tensors for "
+                    f"({', '.join(sorted(added)[:4])}), so the harness's generated {family} "
+                    "checkpoint cannot load it; the engine said: "
+                    f"{info.error.headline}. Judge it with a checkpoint of its own."
+                )
             fail_engine_run(ctx, info.error, f"{arch} ({family} family): {info.stage} raised:")
     problems = [p for arch, info in sorted(runs.items()) if (p := run_problem(arch, info))]
     if problems:
