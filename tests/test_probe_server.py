@@ -19,6 +19,10 @@ from conformance.framework import load_catalog
 from conformance.probe import ProbePool, run_probe
 from conformance.runner import plan, run_planned
 from conformance.target import resolve_target
+from tests.conftest import HAS_TORCH
+
+#: The warm interpreter imports the model stack; without torch there is none to import.
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="the warm interpreter needs torch")
 
 #: Reads a module-level counter, bumps it and reports the process: a probe that leaked its
 #: state into the next would see the counter at 1.
@@ -104,6 +108,7 @@ def test_coverage_and_engine_patches_still_start_fresh_interpreters(pool):
     assert patched.ok and pool.started == 0
 
 
+@needs_torch
 def test_the_warm_interpreter_has_imported_the_model_stack(pool):
     code = "import sys; probe.result['torch'] = 'torch' in sys.modules"
     cold, warm = run_probe(code, pool=pool), run_probe(code, pool=pool, warm=True)
@@ -119,6 +124,7 @@ def test_a_server_that_cannot_start_falls_back_to_fresh_probes(pool, monkeypatch
     assert pool.servers == [] and pool.failed
 
 
+@needs_torch
 def test_the_engine_run_checks_of_one_run_share_one_engine_interpreter():
     """stat_logger.is-class, .constructs and .engine-run (one configuration: the plugin alone
     admitted) fork from one warm interpreter: one engine import for the three."""
