@@ -101,3 +101,23 @@ def test_demo_certifies_every_good_fixture(capsys):
 def test_an_unknown_command_is_a_usage_error(capsys):
     assert main(["frobnicate"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_demo_shows_a_fixture_its_release_excludes_as_not_for_it(monkeypatch):
+    # On vLLM 0.34 the V1 logits fixture (vllm<0.34) is not meant to certify: the demo says so
+    # instead of failing; on a release it admits, and on the reference, it is certified as usual.
+    from conformance import cli
+    from conformance.target import resolve_target
+
+    class Installed:
+        def __init__(self, target, engine):
+            self.contract = release
+
+    monkeypatch.setattr(cli, "Session", Installed)
+    target = resolve_target("dummy_logits_processor")
+    release = "0.34.0+empty"
+    why = cli._excluded_release(target, "vllm")
+    assert why is not None and "excludes vLLM 0.34.0" in why and "<0.34" in why
+    release = "0.32.0"
+    assert cli._excluded_release(target, "vllm") is None
+    assert cli._excluded_release(target, "reference") is None
