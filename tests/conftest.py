@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import textwrap
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,15 @@ def assert_mutant_fails(results: dict[str, CheckResult], check_id: str, observed
     assert failed == {check_id}, "it fails its own check and only it"
     stray = {k: r.blocked_by for k, r in results.items() if r.status == "blocked"}
     assert all(by == check_id for by in stray.values()), f"blocked by other checks: {stray}"
+
+
+def corpus_module():
+    """`benchmarks/corpus.py` (not a package: imported from its folder, then the path is
+    restored)."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import corpus
+    finally:
+        sys.path.remove(benchmarks)
+    return corpus

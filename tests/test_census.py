@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import tarfile
 import textwrap
 import zipfile
@@ -32,6 +31,7 @@ from conformance.census import (
 )
 from conformance.drift.index import ApiIndex
 from conformance.preflight import reference_modules
+from tests.conftest import corpus_module
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The surface the tests judge against: two vLLM paths, answered by standard-library modules
@@ -259,17 +259,8 @@ def test_the_json_has_one_line_per_record(tmp_path: Path) -> None:
     )
 
 
-def _corpus_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import corpus
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return corpus
-
-
 def test_pip_download_asks_for_the_pinned_wheels_own_tags(tmp_path: Path) -> None:
-    corpus = _corpus_module()
+    corpus = corpus_module()
     pin = corpus.Pin(
         "vllm-metal",
         "0.1.0",
@@ -285,7 +276,7 @@ def test_pip_download_asks_for_the_pinned_wheels_own_tags(tmp_path: Path) -> Non
 
 
 def test_the_committed_corpus_pins_25_plugins_across_the_groups() -> None:
-    pins, skipped = _corpus_module().load_corpus()
+    pins, skipped = corpus_module().load_corpus()
     assert len({p.name for p in pins}) == len(pins) >= 25
     for pin in pins:
         _kind, name, version = name_and_version(Path(pin.file))
@@ -304,13 +295,13 @@ def test_the_committed_corpus_pins_25_plugins_across_the_groups() -> None:
 
 
 def test_the_committed_census_and_page_match_the_corpus() -> None:
-    pins, _ = _corpus_module().load_corpus()
+    pins, _ = corpus_module().load_corpus()
     data = json.loads((ROOT / "benchmarks" / "results" / "census.json").read_text())
     assert [(p["name"], p["version"]) for p in data["plugins"]] == [
         (canonicalize_name(p.name), p.version) for p in pins
     ], "run `python benchmarks/corpus.py census --render` after changing corpus.toml"
     page = (ROOT / "docs" / "ecosystem.md").read_text(encoding="utf-8")
-    assert page == _corpus_module().page_text(data), "run `python benchmarks/corpus.py render`"
+    assert page == corpus_module().page_text(data), "run `python benchmarks/corpus.py render`"
 
 
 def test_every_most_demanded_unanswered_module_has_a_reason() -> None:

@@ -15,17 +15,10 @@ from typing import Any
 import pytest
 
 from conformance import ecosystem
+from conformance.probes.engine_run import missing_engine_deps
+from tests.conftest import corpus_module
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _corpus_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import corpus
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return corpus
 
 
 def _check(cid: str, status: str, level: str = "required", ep: str | None = None, msg: str = ""):
@@ -320,7 +313,7 @@ def test_a_wheel_with_a_purelib_folder_is_laid_out_as_installed(tmp_path: Path) 
     # unpacked, the package is not importable and the plugin was judged broken.
     from importlib import metadata
 
-    corpus = _corpus_module()
+    corpus = corpus_module()
     cache = tmp_path / "cache"
     (cache / "files").mkdir(parents=True)
     wheel = cache / "files" / "data_plug-0.1.0-py3-none-any.whl"
@@ -347,10 +340,13 @@ def test_a_wheel_with_a_purelib_folder_is_laid_out_as_installed(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    bool(missing_engine_deps()), reason="certifies with an engine run: needs the model stack"
+)
 def test_a_wheel_is_certified_from_its_unpacked_files_without_installing_it(
     tmp_path: Path,
 ) -> None:
-    corpus = _corpus_module()
+    corpus = corpus_module()
     cache = tmp_path / "cache"
     (cache / "files").mkdir(parents=True)
     wheel = _tiny_wheel(cache / "files")
@@ -368,7 +364,7 @@ def test_a_wheel_is_certified_from_its_unpacked_files_without_installing_it(
 
 
 def test_an_unknown_plugin_or_engine_is_refused() -> None:
-    corpus = _corpus_module()
+    corpus = corpus_module()
     assert corpus.main(["ecosystem", "--engines", "reference", "--only", "no-such-plugin"]) == 1
     assert corpus.main(["ecosystem", "--engines", "gpu"]) == 1
 
@@ -377,7 +373,7 @@ def test_an_unknown_plugin_or_engine_is_refused() -> None:
 
 
 def test_the_committed_results_notes_page_and_picture_agree() -> None:
-    corpus = _corpus_module()
+    corpus = corpus_module()
     data = ecosystem.load_results(corpus.ECOSYSTEM_RESULTS)
     notes = ecosystem.load_notes(corpus.ECOSYSTEM_NOTES)
     pins, _ = corpus.load_corpus()
