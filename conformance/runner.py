@@ -329,18 +329,22 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
             "provide (it answers vLLM's plugin surface only); judge it on real vLLM: "
             f"{on_real_vllm(target)}"
         )
-    name = exception.missing_name or ""
-    if on_reference and name.startswith(("reference.", "reference:")):
-        # The mounted reference's modules carry their own names (`reference.envs` answers
-        # `vllm.envs`), and ImportError names the module by its own name.
-        name = "vllm" + name[len("reference") :]
-    if on_reference and (name.startswith("vllm.") or name.startswith("vllm:")):
-        module, _, attribute = name.partition(":")
-        if absent_from_release(module, attribute, session.contract):
+    module, _, attribute = (exception.missing_name or "").partition(":")
+    if on_reference and (
+        module in ("vllm", "reference") or module.startswith(("vllm.", "reference."))
+    ):
+        # The mounted reference's modules carry their own names, and ImportError names the
+        # module by its own name: find the vLLM paths it answers.
+        present = [
+            p
+            for p in vllm_paths_of(module)
+            if not absent_from_release(p, attribute, session.contract)
+        ]
+        if not present:
             return None  # vLLM at the contract lacks the name too: the plugin's failure
         return (
-            f"the plugin imports {attribute} from {module}, which the embedded reference engine "
-            f"does not provide; judge it on real vLLM: {on_real_vllm(target)}"
+            f"the plugin imports {attribute} from {present[0]}, which the embedded reference "
+            f"engine does not provide; judge it on real vLLM: {on_real_vllm(target)}"
         )
     top = missing.partition(".")[0]
     if top and top.lower() in _declared(target) and importlib.util.find_spec(top) is None:
@@ -373,6 +377,18 @@ def inconclusive_cause(exception: ExceptionInfo | None, session: Session) -> str
             f"here; install it (`pip install '{named}'`) and run `{certify_command(target)}` again"
         )
     return None
+
+
+def vllm_paths_of(module: str) -> list[str]:
+    """The `vllm.*` paths a module of the mounted reference answers (`reference/surface.py`'s
+    table: `reference.hf_config_registry` answers `vllm.transformers_utils.config`); a `vllm.*`
+    path itself; a reference module outside the table as the same path under `vllm`."""
+    if not module.startswith("reference"):
+        return [module]
+    from reference.surface import SURFACE
+
+    paths = [path for path, answer in SURFACE.items() if answer == module]
+    return paths or ["vllm" + module[len("reference") :]]
 
 
 def _named_absent_requirement(target: Target, exception: ExceptionInfo) -> str | None:

@@ -144,7 +144,11 @@ class ObservabilityConfig:
 
 @dataclass
 class VllmConfig:
-    model_config: ModelConfig = field(default_factory=ModelConfig)
+    """The whole engine configuration. As in vLLM 0.32, a bare `VllmConfig()` has no model
+    (`model_config` is None): the engine always passes one, and every step of `__post_init__`,
+    the platform's `check_and_update_config` included, runs with or without it."""
+
+    model_config: ModelConfig | None = None
     cache_config: CacheConfig = field(default_factory=CacheConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -154,6 +158,9 @@ class VllmConfig:
     compilation_config: CompilationConfig = field(default_factory=CompilationConfig)
     observability_config: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     speculative_config: Any = None
+    #: Encoder-cache transfer between instances (vLLM's `ECTransferConfig`); the reference
+    #: runs one instance and never sets it (`vllm.distributed.ec_transfer`).
+    ec_transfer_config: Any = None
     additional_config: dict[str, Any] = field(default_factory=dict)
     use_v2_model_runner: bool | None = None
 

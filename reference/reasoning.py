@@ -11,13 +11,13 @@ ships no built-in parsers (vLLM registers some thirty lazily, each in a module o
 
 from __future__ import annotations
 
-import importlib
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 from reference.logger import init_logger
+from reference.parser_registry import ParserRegistry
 
 logger = init_logger("vllm.reasoning")
 
@@ -89,83 +89,26 @@ class ReasoningParser:
         return request
 
 
-class ReasoningParserManager:
-    """The registry of reasoning parsers by name: eager entries hold the class, lazy ones
-    `(module path, class name)`, imported and cached on first look-up."""
+class ReasoningParserManager(ParserRegistry):
+    """The registry of reasoning parsers by name (see `reference.parser_registry`)."""
 
-    reasoning_parsers: dict[str, type[ReasoningParser]] = {}
-    lazy_parsers: dict[str, tuple[str, str]] = {}
+    reasoning_parsers: ClassVar[dict[str, type[ReasoningParser]]] = {}
+    lazy_parsers: ClassVar[dict[str, tuple[str, str]]] = {}
+    base = ReasoningParser
+    kind = "reasoning parser"
+
+    @classmethod
+    def _eager(cls) -> dict[str, Any]:
+        return cls.reasoning_parsers
 
     @classmethod
     def get_reasoning_parser(cls, name: str) -> type[ReasoningParser]:
         """The parser class registered as `name`; KeyError naming the known ones if none."""
-        if name in cls.reasoning_parsers:
-            return cls.reasoning_parsers[name]
-        if name in cls.lazy_parsers:
-            return cls._load_lazy_parser(name)
-        known = ", ".join(cls.list_registered())
-        raise KeyError(f"Reasoning parser '{name}' not found. Available parsers: {known}")
-
-    @classmethod
-    def list_registered(cls) -> list[str]:
-        return sorted(set(cls.reasoning_parsers) | set(cls.lazy_parsers))
-
-    @classmethod
-    def _load_lazy_parser(cls, name: str) -> type[ReasoningParser]:
-        module_path, class_name = cls.lazy_parsers[name]
-        try:
-            parser_cls = getattr(importlib.import_module(module_path), class_name)
-            if not (isinstance(parser_cls, type) and issubclass(parser_cls, ReasoningParser)):
-                raise TypeError(f"{class_name} in {module_path} is not a ReasoningParser subclass.")
-        except Exception:
-            logger.exception(
-                "Failed to import lazy reasoning parser '%s' from %s", name, module_path
-            )
-            raise
-        cls.reasoning_parsers[name] = parser_cls
-        return parser_cls
-
-    @classmethod
-    def _register_module(
-        cls,
-        module: type[ReasoningParser],
-        module_name: str | list[str] | None = None,
-        force: bool = True,
-    ) -> None:
-        if not (isinstance(module, type) and issubclass(module, ReasoningParser)):
-            raise TypeError(f"module must be subclass of ReasoningParser, but got {type(module)}")
-        for name in _names(module_name, module.__name__):
-            if not force and name in cls.reasoning_parsers:
-                existing = cls.reasoning_parsers[name]
-                raise KeyError(f"{name} is already registered at {existing.__module__}")
-            cls.reasoning_parsers[name] = module
-
-    @classmethod
-    def register_lazy_module(cls, name: str, module_path: str, class_name: str) -> None:
-        """Register `module_path.class_name` under `name`, to be imported on first use."""
-        cls.lazy_parsers[name] = (module_path, class_name)
-
-    @classmethod
-    def register_module(
-        cls,
-        name: str | list[str] | None = None,
-        force: bool = True,
-        module: type[ReasoningParser] | None = None,
-    ) -> type[ReasoningParser] | Callable[[type[ReasoningParser]], type[ReasoningParser]]:
-        """With `module`: register it now under `name` (default: its class name). Without: a
-        decorator that registers the decorated class lazily, by its module and name."""
-        if not isinstance(force, bool):
-            raise TypeError(f"force must be a boolean, but got {type(force)}")
-        if module is not None:
-            cls._register_module(module=module, module_name=name, force=force)
-            return module
-
-        def decorator(obj: type[ReasoningParser]) -> type[ReasoningParser]:
-            for each in _names(name, obj.__name__, strict=False):
-                cls.lazy_parsers[each] = (obj.__module__, obj.__name__)
-            return obj
-
-        return decorator
+        found = cls._find(name)
+        if found is None:
+            known = ", ".join(cls.list_registered())
+            raise KeyError(f"Reasoning parser '{name}' not found. Available parsers: {known}")
+        return found
 
     @classmethod
     def import_reasoning_parser(cls, plugin_path: str) -> None:
@@ -182,15 +125,3 @@ class ReasoningParserManager:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-
-
-def _names(given: object, default: str, strict: bool = True) -> list[str]:
-    """The registration names: a string, a list of strings, or else the class name (which
-    the decorator falls back to for any other value, and the call form only for None)."""
-    if isinstance(given, str):
-        return [given]
-    if isinstance(given, list) and all(isinstance(n, str) for n in given):
-        return list(given)
-    if given is None or not strict:
-        return [default]
-    raise TypeError("module_name must be str, list[str], or None.")

@@ -70,7 +70,17 @@ SURFACE: dict[str, str] = {
     "vllm.distributed": "reference.distributed",
     "vllm.distributed.parallel_state": "reference.distributed",
     "vllm.distributed.communication_op": "reference.distributed",
+    # encoder-cache transfer: the connector interface, never configured on one instance
+    "vllm.distributed.ec_transfer": "reference.ec_transfer",
+    "vllm.distributed.ec_transfer.ec_transfer_state": "reference.ec_transfer",
+    "vllm.distributed.ec_transfer.ec_connector.base": "reference.ec_transfer",
+    "vllm.distributed.ec_transfer.ec_connector.factory": "reference.ec_transfer",
     "vllm.reasoning": "reference.reasoning",
+    "vllm.tool_parsers": "reference.tool_parsers",
+    "vllm.tool_parsers.abstract_tool_parser": "reference.tool_parsers",
+    "vllm.tool_parsers.utils": "reference.tool_parsers",
+    "vllm.transformers_utils.config": "reference.hf_config_registry",
+    "vllm.utils.argparse_utils": "reference.argparse_utils",
     "vllm.sequence": "reference.sequence",
     "vllm.utils.math_utils": "reference.math_utils",
     "vllm.model_executor.models.interfaces": "reference.models.interfaces",
@@ -111,6 +121,10 @@ SURFACE: dict[str, str] = {
     "vllm.v1.sample.logits_processor.interface": "reference.logits.v1",
     "vllm.v1.sample.logits_processor.builtin": "reference.logits.v1",
     "vllm.v1.sample.logits_processor.state": "reference.logits.v1",
+    # Model Runner V1's sampler layer and the output types it returns
+    "vllm.v1.sample.sampler": "reference.sampler",
+    "vllm.v1.sample.metadata": "reference.sampler",
+    "vllm.v1.outputs": "reference.sampler",
     "vllm.v1.worker.gpu.sample.logits_processor": "reference.logits.v2",
     "vllm.v1.worker.gpu.sample.logits_processor.interface": "reference.logits.v2",
     "vllm.v1.worker.gpu.sample.logits_processor.loader": "reference.logits.loader",
@@ -141,6 +155,8 @@ REMOVED_IN: dict[str, str] = {
     "vllm.v1.sample.logits_processor.interface": "0.34.0",
     "vllm.v1.sample.logits_processor.builtin": "0.34.0",
     "vllm.v1.sample.logits_processor.state": "0.34.0",
+    "vllm.v1.sample.sampler": "0.34.0",
+    "vllm.v1.sample.metadata": "0.34.0",
 }
 
 _FACADE_NAME = "vllm"
@@ -243,6 +259,13 @@ class SurfaceFinder(importlib.abc.MetaPathFinder):
         is_package = fullname == _FACADE_NAME or fullname in self.packages
         is_package = is_package or fullname in self._has_children
         return importlib.machinery.ModuleSpec(fullname, self._loader, is_package=is_package)
+
+    def find_distributions(self, context: Any) -> Any:
+        """`importlib.metadata` asks every meta-path finder too: while the reference is
+        mounted, the `vllm` distribution is the reference's (`reference.distribution`)."""
+        from reference.distribution import find_distributions
+
+        return find_distributions(context)
 
     def module_for(self, name: str) -> types.ModuleType:
         if name in self.table:

@@ -275,3 +275,58 @@ def test_weights_a_subclass_adds_are_the_generated_checkpoints_gap(monkeypatch):
     assert general.weights_the_checkpoint_lacks("ValueError: other", "llama") == set()
     monkeypatch.setattr(general, "checkpoint_parts", lambda family: set())
     assert general.weights_the_checkpoint_lacks(added, "llama") == set(), "no checkpoint: fail"
+
+
+def test_vllms_builtin_architectures_are_seen_and_their_replacement_is_flagged():
+    # Found by the corpus: simulst's register() raises unless vLLM ships HYV3ForCausalLM
+    # (built in since vLLM 0.31), and vllm-factory re-registers the built-in ModernBertModel.
+    # The reference knew only its own four stand-ins: it failed the first for its own gap
+    # and could not see the second replace anything.
+    target = inline_target(
+        "builtin_user",
+        """
+        def register():
+            from vllm import ModelRegistry
+
+            if "HYV3ForCausalLM" not in ModelRegistry.get_supported_archs():
+                raise RuntimeError("this vLLM does not provide HYV3ForCausalLM")
+            ModelRegistry.register_model("ModernBertModel", "builtin_user.model:ModernBert")
+        """,
+        model="class ModernBert:\n    pass\n",
+    )
+    results = run_group(target)
+    assert results["general.runs"].status == "passed", results["general.runs"].message
+    overwrite = results["general.no-builtin-overwrite"]
+    assert overwrite.status == "failed"
+    assert "replaced built-in architecture(s): ModernBertModel." in overwrite.message
+
+
+@pytest.mark.parametrize(
+    ("arch", "said"),
+    [
+        ("HYV3ForCausalLM", "vllm.model_executor.models.hy_v3, which the embedded reference"),
+        (
+            "LlamaBidirectionalModel",
+            "LlamaBidirectionalModel from vllm.model_executor.models.llama, which the embedded",
+        ),
+    ],
+    ids=["module-absent", "class-absent"],
+)
+def test_resolving_a_builtin_the_reference_does_not_run_is_inconclusive(arch, said):
+    # vLLM's HYV3ForCausalLM lives in vllm.model_executor.models.hy_v3, which the reference
+    # does not answer; its llama module lacks vLLM's LlamaBidirectionalModel. A plugin that
+    # resolves either cannot be judged here, only on vLLM.
+    if arch == "LlamaBidirectionalModel":
+        pytest.importorskip("torch")  # the reference's llama module is a torch module
+    target = inline_target(
+        "builtin_resolver",
+        f"""
+        def register():
+            from vllm import ModelRegistry
+
+            ModelRegistry.resolve_model_cls([{arch!r}])
+        """,
+    )
+    result = run_group(target)["general.runs"]
+    assert result.status == "inconclusive", result.message
+    assert said in result.message

@@ -322,3 +322,22 @@ def test_a_config_the_engine_cannot_build_leaves_worker_cls_inconclusive(
     with pytest.raises(getattr(framework, raised)) as caught:
         checks.check_worker_cls(object())  # type: ignore[arg-type]
     assert "Failed to infer device type" in str(caught.value)
+
+
+def test_a_hook_that_reads_the_model_config_unguarded_fails_worker_cls_as_on_vllm():
+    # vllm-spyre-next's check_and_update_config logs vllm_config.model_config.model; the check
+    # hands the hook a bare VllmConfig(), whose model_config is None on vLLM 0.32 and, since
+    # deviation 47 was fixed, on the reference too.
+    source = (
+        GOOD_CLASS
+        + """
+        @classmethod
+        def check_and_update_config(cls, vllm_config):
+            print("serving", vllm_config.model_config.model)
+            vllm_config.parallel_config.worker_cls = "host_plat.platform.Worker"
+    """
+    )
+    target = inline_platform("host_plat", "return 'host_plat.platform.HostPlatform'", source)
+    result = run_group(target)["platform.worker-cls"]
+    assert result.status == "failed", result.message
+    assert "'NoneType' object has no attribute 'model'" in result.message

@@ -322,10 +322,10 @@ def test_the_v2_runner_builds_a_v2_entry_point_with_the_request_state(v2_plugin)
     result = run_probe(
         code(
             """
-            from vllm.config import VllmConfig
+            from vllm.config import ModelConfig, VllmConfig
+            from reference.config import HfConfig
             from reference.logits.loader import build_logits_processors_for
-            cfg = VllmConfig()
-            cfg.model_config.hf_config.vocab_size = 11
+            cfg = VllmConfig(model_config=ModelConfig(hf_config=HfConfig(vocab_size=11)))
             procs = build_logits_processors_for(cfg)
             probe.result["built"] = [type(p).__name__ for p in procs]
             probe.result["vocab"] = procs[0].req_states.vocab_size

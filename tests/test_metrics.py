@@ -451,11 +451,13 @@ def test_a_class_that_is_not_a_stat_logger_is_a_type_error(monkeypatch):
 
 LOAD_FACTORIES = code(
     """
-    from vllm.config import VllmConfig
+    from vllm.config import ModelConfig, VllmConfig
     from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories
     factories = load_stat_logger_plugin_factories()
     probe.result["factories"] = [f"{f.__module__}.{f.__qualname__}" for f in factories]
-    probe.result["instances"] = [type(f(VllmConfig())).__name__ for f in factories]
+    # An engine always has a model (the fixture labels its metrics with the model's name).
+    config = VllmConfig(model_config=ModelConfig(model="m"))
+    probe.result["instances"] = [type(f(config)).__name__ for f in factories]
     """
 )
 DUMMY = "dummy_stat_logger.dummy_stat_logger.DummyStatLogger"
@@ -508,13 +510,13 @@ def test_the_fixture_is_fed_per_engine_through_the_manager(dummy_stat_logger):
     result = run_probe(
         code(
             """
-            from vllm.config import VllmConfig
+            from vllm.config import ModelConfig, VllmConfig
             from vllm.v1.metrics.loggers import (
                 StatLoggerManager, load_stat_logger_plugin_factories)
             from vllm.v1.metrics.stats import IterationStats, SchedulerStats
             from dummy_stat_logger.dummy_stat_logger import DummyStatLogger
             manager = StatLoggerManager(
-                VllmConfig(), engine_idxs=[0, 1],
+                VllmConfig(model_config=ModelConfig(model="m")), engine_idxs=[0, 1],
                 custom_stat_loggers=load_stat_logger_plugin_factories(),
                 enable_default_loggers=False)
             manager.log_engine_initialized()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,8 +14,14 @@ import pytest
 
 import reference
 from conformance.probe import run_probe
+from reference._version import CONTRACT_ENV, SUPPORTED_CONTRACTS
 from reference.models import registry as registry_module
-from reference.models.registry import ModelRegistry, _ModelRegistry, builtin_models
+from reference.models.registry import (
+    ModelRegistry,
+    _ModelRegistry,
+    builtin_models,
+    vllm_builtin_architectures,
+)
 from tests.conftest import code
 
 LOGGER = "vllm.model_executor.models.registry"
@@ -207,6 +215,123 @@ def test_builtin_kinds_are_known_without_importing_them(registry):
     assert not registry.is_pooling_model("OPTForCausalLM")
 
 
+# --- vLLM's built-in architectures --------------------------------------------------------------
+
+#: Architectures vLLM added or dropped between the contract releases (read from their registries).
+ONLY_SINCE_0_33 = "AliceAIForCausalLM"
+ONLY_UNTIL_0_33 = "KeyeForConditionalGeneration"
+
+
+def test_vllms_builtin_names_are_listed_per_contract_release():
+    # simulst's register() raises unless vLLM ships HYV3ForCausalLM (built in since 0.31).
+    by_release = {c: builtin_models(c) for c in SUPPORTED_CONTRACTS}
+    assert all(len(models) > 300 for models in by_release.values()), "hundreds, as vLLM ships"
+    assert all("HYV3ForCausalLM" in models for models in by_release.values())
+    assert ONLY_SINCE_0_33 not in by_release["0.32.0"]
+    assert ONLY_SINCE_0_33 in by_release["0.33.0"] and ONLY_SINCE_0_33 in by_release["0.34.0"]
+    assert ONLY_UNTIL_0_33 in by_release["0.33.0"] and ONLY_UNTIL_0_33 not in by_release["0.34.0"]
+    hyv3 = by_release["0.32.0"]["HYV3ForCausalLM"]
+    assert (hyv3.module_name, hyv3.class_name) == (
+        "vllm.model_executor.models.hy_v3",
+        "HYV3ForCausalLM",
+    ), "vLLM's own module path and class"
+
+
+def test_the_process_wide_registry_follows_the_modelled_contract():
+    script = "from reference.models import ModelRegistry as R; print(len(R.get_supported_archs()))"
+    counts = {}
+    for contract in ("0.32.0", "0.34.0"):
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, CONTRACT_ENV: contract},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        counts[contract] = int(result.stdout)
+    assert counts == {c: len(builtin_models(c)) for c in counts}
+    assert counts["0.32.0"] != counts["0.34.0"]
+
+
+def test_the_reference_stand_ins_win_over_vllms_entries():
+    models = builtin_models("0.32.0")
+    for arch, (class_name, _) in BUILTINS.items():
+        assert models[arch].module_name.startswith("reference.models."), arch
+        assert models[arch].class_name == class_name
+    # vLLM serves LlamaModel with its LlamaForCausalLM adapted; the stand-in is its own class.
+    assert vllm_builtin_architectures("0.32.0")["LlamaModel"].endswith(":LlamaForCausalLM")
+
+
+def test_every_recorded_module_is_vllms_at_that_release():
+    from conformance.checks.drift import api_index
+
+    index = api_index()
+    for release in SUPPORTED_CONTRACTS:
+        bit = 1 << index.releases.index(release)
+        modules = {t.partition(":")[0] for t in vllm_builtin_architectures(release).values()}
+        assert modules, release
+        assert [m for m in sorted(modules) if not index.import_mask(m) & bit] == [], release
+
+
+def test_a_builtin_the_reference_does_not_run_fails_with_vllms_module_path(registry, records):
+    with pytest.raises(ValueError, match="failed to be inspected") as info:
+        registry.resolve_model_cls(["HYV3ForCausalLM"])
+    cause = info.value.__cause__
+    assert isinstance(cause, ModuleNotFoundError), "no vLLM here: its module cannot be found"
+    assert "vllm.model_executor.models.hy_v3".startswith(cause.name), cause.name
+    with pytest.raises(ValueError, match="failed to be inspected"):
+        registry.is_text_generation_model(["HYV3ForCausalLM"])
+
+
+RESOLVE_BUILTINS = code(
+    """
+    from vllm import ModelRegistry
+
+    def resolve(arch):
+        try:
+            ModelRegistry.resolve_model_cls([arch])
+        except ValueError as exc:
+            cause = exc.__cause__
+            kind = "ModuleNotFoundError" if isinstance(cause, ModuleNotFoundError) else "other"
+            kind = "ImportError" if type(cause) is ImportError else kind
+            return [kind, cause.name, str(cause)]
+        return None
+
+    probe.result["hy_v3"] = resolve("HYV3ForCausalLM")
+    probe.result["llama_class"] = resolve("LlamaBidirectionalModel")
+    probe.result["llama_alias"] = resolve("LLaMAForCausalLM")
+    """
+)
+
+
+def test_resolving_builtins_in_the_mounted_reference_names_what_vllm_has():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    result = run_probe(RESOLVE_BUILTINS, env={CONTRACT_ENV: "0.32.0"})
+    assert result.ok, result.describe()
+    module = "vllm.model_executor.models.hy_v3"
+    kind, name, message = result.values["hy_v3"]
+    assert (kind, name) == ("ModuleNotFoundError", module)
+    assert message.startswith(f"No module named '{module}'"), message
+    # The reference answers vLLM's llama module, but not all of its classes.
+    llama = "vllm.model_executor.models.llama"
+    assert result.values["llama_class"] == [
+        "ImportError",
+        llama,
+        f"cannot import name 'LlamaBidirectionalModel' from '{llama}'",
+    ]
+    assert result.values["llama_alias"] is None, "an alias of a class the reference has resolves"
+
+
+def test_replacing_a_vllm_builtin_is_logged_at_debug_as_vllm_does(registry, records):
+    registry.register_model("ModernBertModel", "my_plugin.bert:MyBert")
+    assert [r.levelname for r in records] == ["DEBUG"]
+    assert "ModernBertModel is already registered" in records[0].getMessage()
+    assert registry.models["ModernBertModel"].module_name == "my_plugin.bert"
+
+
 # --- with torch -------------------------------------------------------------------------------
 
 
@@ -342,3 +467,65 @@ def test_the_dummy_models_run_on_the_reference_engine(dummy_model, torch):
     assert result.values["backbone_abs_sum"] > 0.0, "the loaded backbone is not all zeros"
     assert result.values["tasks"] == ["embed", "token_embed"]
     assert result.values["pooling"] is True
+
+
+# --- the tool that records vLLM's architectures -----------------------------------------------
+
+REGISTRY_SOURCE = code(
+    """
+    import sys
+    _TEXT_GENERATION_MODELS = {
+        "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
+        "NewForCausalLM": ("vllm.models.new", "NewForCausalLM"),
+    }
+    _EMBEDDING_MODELS: dict[str, tuple[str, str]] = {
+        "BertModel": ("bert", "BertEmbeddingModel"),
+        **{k: v for k, v in _TEXT_GENERATION_MODELS.items() if v[1] == "LlamaForCausalLM"},
+    }
+    _PREVIOUSLY_SUPPORTED_MODELS = {"OldForCausalLM": "0.10.2"}
+    _VLLM_MODELS = {**_TEXT_GENERATION_MODELS, **_EMBEDDING_MODELS}
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tool():
+    """`benchmarks/builtin_architectures.py`, loaded from its path (benchmarks is no package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "builtin_architectures.py"
+    spec = importlib.util.spec_from_file_location("builtin_architectures_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tool_reads_the_merged_table_as_vllm_resolves_it(tool):
+    assert tool.builtin_architectures(REGISTRY_SOURCE) == {
+        "BertModel": "vllm.model_executor.models.bert:BertEmbeddingModel",
+        "LlamaForCausalLM": "vllm.model_executor.models.llama:LlamaForCausalLM",
+        "NewForCausalLM": "vllm.models.new:NewForCausalLM",
+    }, "relative modules live in vllm.model_executor.models; absolute ones stay"
+
+
+def test_the_tool_evaluates_no_call_but_items(tool):
+    hostile = '_X_MODELS = {"A": __import__("os").getcwd()}\n_VLLM_MODELS = {**_X_MODELS}\n'
+    with pytest.raises(tool.SourceError, match="only `table.items\\(\\)` may be called"):
+        tool.builtin_architectures(hostile)
+    with pytest.raises(tool.SourceError, match="no _VLLM_MODELS"):
+        tool.builtin_architectures('_X_MODELS = {"A": ("a", "A")}\n')
+
+
+def test_the_tool_reads_a_wheel_and_merges_its_release(tool, tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "vllm-0.99.0-cp38-abi3-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(tool.REGISTRY, REGISTRY_SOURCE)
+        archive.writestr("vllm/_version.py", "__version__ = version = '0.99.0+cpu'\n")
+    output = tmp_path / "data.json"
+    output.write_text('{"releases": {"0.98.0": {"A": "m:A"}}}')
+    assert tool.main([str(wheel), "--output", str(output)]) == 0
+    releases = json.loads(output.read_text())["releases"]
+    assert list(releases) == ["0.98.0", "0.99.0"], "the other release is kept; local label dropped"
+    assert releases["0.99.0"]["BertModel"] == "vllm.model_executor.models.bert:BertEmbeddingModel"

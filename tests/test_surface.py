@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import typing
 
 import pytest
 from packaging.version import Version
@@ -226,6 +227,11 @@ CENSUS_TARGETS = {
     "reference.reasoning",
     "reference.sequence",
     "reference.torch_utils",
+    "reference.tool_parsers",
+    "reference.hf_config_registry",
+    "reference.argparse_utils",
+    "reference.ec_transfer",
+    "reference.sampler",
 }
 
 
@@ -277,7 +283,9 @@ def test_census_modules_have_vllm_032s_names_and_method_signatures():
         have = index.names(path, release)
         for name in module.__all__:
             obj = getattr(module, name)
-            if name not in have or not isinstance(obj, type) or name in PREDATES_CENSUS:
+            # `typing.Any` (a type alias such as `Tool` answered loosely) is a class from 3.11.
+            alias = obj is typing.Any
+            if name not in have or not isinstance(obj, type) or alias or name in PREDATES_CENSUS:
                 continue
             defining = index.resolve_class(f"{path}.{name}", release)
             assert defining, f"{path}.{name} is not a class in vLLM {release}"
@@ -368,3 +376,54 @@ def test_conv_state_layout_follows_the_environment(monkeypatch):
         assert shape == ((64, 3), (64, 16))
     finally:
         mamba_utils.get_conv_state_layout.cache_clear()
+
+
+def test_tool_helpers_read_each_kind_of_tool_by_its_fields():
+    """Chat Completions tools (`function.name`), Responses function tools (`name`),
+    namespaces (`<namespace>__<name>`) and custom tools (one string `input`) are found by
+    name, as vLLM finds its pydantic classes; other tool types show no function."""
+    from types import SimpleNamespace as NS
+
+    from reference.tool_parsers import (
+        ToolParser,
+        find_tool_name,
+        find_tool_properties,
+        iter_response_function_tool_info,
+    )
+
+    props = {"properties": {"city": {"type": "string"}}}
+    chat = NS(type="function", function=NS(name="weather", parameters=props))
+    responses = NS(type="function", name="time", parameters=None)
+    namespace = NS(
+        type="namespace", name="files", tools=[NS(type="function", name="read", parameters=props)]
+    )
+    custom = NS(type="custom", name="shell")
+    search = NS(type="web_search")
+    tools = [chat, responses, namespace, custom, search]
+
+    assert [find_tool_name(tools, n) for n in ("weather", "time", "files__read", "shell")] == [
+        True
+    ] * 4
+    assert not find_tool_name(tools, "read") and not find_tool_name(tools, "web_search")
+    assert find_tool_properties(tools, "weather") == props["properties"]
+    assert find_tool_properties(tools, "files__read") == props["properties"]
+    assert find_tool_properties(tools, "time") == {}
+    assert find_tool_properties(tools, "shell") == {
+        "input": {"type": "string", "description": "The freeform text payload for this tool."}
+    }
+    assert iter_response_function_tool_info(chat) == [], (
+        "a Chat Completions tool is no Responses tool"
+    )
+    assert iter_response_function_tool_info(search) == []
+    assert ToolParser(None, tools).tools == [chat, responses], "only function tools are kept"
+
+
+def test_flexible_argument_parser_refuses_a_config_file_that_is_not_yaml(tmp_path):
+    from reference.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    parser.add_argument("--port", type=int)
+    with pytest.raises(ValueError, match="yaml/yml type. json supplied"):
+        parser.parse_args(["--config", str(tmp_path / "c.json")])
+    with pytest.raises(ValueError, match="No config file specified"):
+        parser.parse_args(["--port", "1", "--config"])

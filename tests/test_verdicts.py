@@ -140,6 +140,12 @@ def test_what_the_reference_lacks_is_inconclusive_unless_vllm_lacks_it_too():
 
     cause = inconclusive_cause(name("reference.envs:VLLM_LOGGING_CONFIG_PATH"), session)
     assert cause is not None and "VLLM_LOGGING_CONFIG_PATH from vllm.envs" in cause
+    # The reference's module for a vLLM path of another name (vllm-gguf-plugin imports
+    # HFConfigParser from vllm.transformers_utils.config, answered by reference.hf_config_registry):
+    # it was failed, because reference.X was read as vllm.X, which no release has.
+    cause = inconclusive_cause(name("reference.hf_config_registry:HFConfigParser"), session)
+    assert cause is not None and "HFConfigParser from vllm.transformers_utils.config" in cause
+    assert inconclusive_cause(name("reference.hf_config_registry:NoSuchName"), session) is None
     assert inconclusive_cause(name("vllm.platforms.interface:_Backend"), session) is None
     assert inconclusive_cause(module("vllm.attention"), session) is None
     assert "vllm.v1.core, which the embedded" in inconclusive_cause(module("vllm.v1.core"), session)

@@ -118,12 +118,16 @@ def capture(exc: BaseException) -> ExceptionInfo:
     causes = []
     seen = {id(exc)}
     missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    missing_name = _missing_name(exc)
     link = exc.__cause__ or exc.__context__
     while link is not None and id(link) not in seen and len(causes) < 3:
         seen.add(id(link))
         causes.append(f"{type(link).__name__}: {link}")
         if missing is None and isinstance(link, ModuleNotFoundError):
             missing = link.name
+        # As for a missing module: an error raised from a failed `from module import name`
+        # (the engine's ModelRegistry wraps the one resolving a model class) still names it.
+        missing_name = missing_name or _missing_name(link)
         link = link.__cause__ or link.__context__
     return ExceptionInfo(
         type=type(exc).__qualname__,
@@ -133,7 +137,7 @@ def capture(exc: BaseException) -> ExceptionInfo:
         owner=owner,
         causes=causes,
         missing_module=missing,
-        missing_name=_missing_name(exc),
+        missing_name=missing_name,
     )
 
 

@@ -18,10 +18,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+
+#: `vllm.distributed.ec_transfer` re-exports its `ec_transfer_state`.
+EC_TRANSFER_STATE = (
+    "ensure_ec_transfer_initialized",
+    "ensure_ec_transfer_shutdown",
+    "get_ec_transfer",
+    "has_ec_transfer",
+)
 
 #: The vLLM paths these rows cover, with the reference names each must have on both engines.
 MODULE_NAMES: dict[str, tuple[str, ...]] = {
@@ -126,7 +135,48 @@ MODULE_NAMES: dict[str, tuple[str, ...]] = {
         "tensor_model_parallel_all_reduce",
         "tensor_model_parallel_gather",
     ),
+    "vllm.distributed.ec_transfer": EC_TRANSFER_STATE,
+    "vllm.distributed.ec_transfer.ec_transfer_state": EC_TRANSFER_STATE,
+    "vllm.distributed.ec_transfer.ec_connector.base": (
+        "ECConnectorBase",
+        "ECConnectorMetadata",
+        "ECConnectorRole",
+        "ECConnectorWorkerMetadata",
+    ),
+    "vllm.distributed.ec_transfer.ec_connector.factory": ("ECConnectorFactory",),
+    "vllm.v1.sample.sampler": (
+        "LogprobsMode",
+        "LogprobsTensors",
+        "Sampler",
+        "SamplerOutput",
+        "SamplingMetadata",
+    ),
+    "vllm.v1.sample.metadata": ("SamplingMetadata",),
+    "vllm.v1.outputs": ("LogprobsTensors", "SamplerOutput"),
     "vllm.reasoning": ("ReasoningParser", "ReasoningParserManager"),
+    "vllm.tool_parsers": (
+        "ToolParser",
+        "ToolParserManager",
+        "_TOOL_PARSERS_TO_REGISTER",
+        "register_lazy_tool_parsers",
+    ),
+    "vllm.tool_parsers.abstract_tool_parser": ("Tool", "ToolParser", "ToolParserManager"),
+    "vllm.tool_parsers.utils": (
+        "Tool",
+        "extract_intermediate_diff",
+        "find_common_prefix",
+        "find_common_suffix",
+        "find_tool_name",
+        "find_tool_properties",
+        "iter_response_function_tool_info",
+        "partial_tag_overlap",
+    ),
+    "vllm.transformers_utils.config": ("LazyConfigDict", "_CONFIG_REGISTRY"),
+    "vllm.utils.argparse_utils": (
+        "FlexibleArgumentParser",
+        "SortedHelpFormatter",
+        "human_readable_int",
+    ),
     "vllm.model_executor.models.utils": (
         "AutoWeightsLoader",
         "PPMissingLayer",
@@ -723,6 +773,319 @@ def math_utils() -> list[Any]:
     ]
 
 
+def tool_parser_registry() -> list[Any]:
+    """ToolParserManager: the decorator records the class lazily and finds it, the call form
+    registers it under several names, register_lazy_module defers the import; a duplicate
+    without force, a class that is no ToolParser (eager or lazy) and an unknown name are
+    refused."""
+    from vllm.tool_parsers import ToolParser
+    from vllm.tool_parsers import ToolParserManager as M
+
+    @M.register_module("h2-calls")
+    @publish
+    class Calls(ToolParser):
+        def extract_tool_calls(self, model_output: str, request: Any) -> Any:
+            return model_output.count("<call>")
+
+    @publish
+    class NotAParser:
+        pass
+
+    lazy = M.lazy_parsers.get("h2-calls")
+    found = M.get_tool_parser("h2-calls")
+    M.register_module(["h2-a", "h2-b"], module=Calls)
+    M.register_lazy_module("h2-lazy", Calls.__module__, "Calls")
+    M.register_lazy_module("h2-wrong", NotAParser.__module__, "NotAParser")
+    return [
+        found is Calls,
+        lazy == (Calls.__module__, "Calls"),
+        M.get_tool_parser("h2-b") is Calls,
+        "h2-lazy" in M.tool_parsers,
+        M.get_tool_parser("h2-lazy") is Calls,
+        "h2-lazy" in M.tool_parsers,
+        error_type(lambda: M.register_module("h2-a", force=False, module=Calls), KeyError),
+        error_type(lambda: M.register_module("h2-c", module=NotAParser), TypeError),  # type: ignore[arg-type]
+        error_type(lambda: M.register_module("h2-d", force="yes"), TypeError),  # type: ignore[arg-type]
+        error_type(lambda: M.get_tool_parser("h2-wrong"), TypeError),
+        error_type(lambda: M.get_tool_parser("h2-missing"), KeyError),
+        {"h2-calls", "h2-a", "h2-b", "h2-lazy"} <= set(M.list_registered()),
+        found("tok").extract_tool_calls("<call><call>", None),
+    ]
+
+
+def tool_parser_base() -> list[Any]:
+    """ToolParser: its state after construction, its vocab, the unstreamed rest of the last
+    call's arguments, the extractors a subclass must implement, a structural-tag parser
+    opting out of forced JSON calls, and adjust_request leaving a request without tools."""
+    import types
+
+    from vllm.tool_parsers import ToolParser
+
+    class Tok:
+        def get_vocab(self) -> dict[str, int]:
+            return {"a": 1}
+
+    class Plain(ToolParser):
+        pass
+
+    class Tagged(ToolParser):
+        structural_tag_model = "h2-model"
+
+    parser = Plain(Tok())
+    state = [
+        parser.prev_tool_call_arr,
+        parser.current_tool_id,
+        parser.current_tool_name_sent,
+        parser.streamed_args_for_tool,
+        parser.tools,
+        parser.vocab,
+    ]
+    parser.prev_tool_call_arr = [{"name": "f", "arguments": {"x": 1, "y": "é"}}]
+    parser.streamed_args_for_tool = ['{"x": 1']
+    rest = parser.get_remaining_unstreamed_args()
+    parser.streamed_args_for_tool = ["zzz"]
+    diverged = parser.get_remaining_unstreamed_args()
+    request = types.SimpleNamespace(tools=None)
+    return [
+        *state,
+        rest,
+        diverged,
+        error_type(lambda: parser.extract_tool_calls("x", None), NotImplementedError),
+        error_type(
+            lambda: parser.extract_tool_calls_streaming("", "", "", [], [], [], None),
+            NotImplementedError,
+        ),
+        Plain.supports_required_and_named,
+        Tagged.supports_required_and_named,
+        parser.adjust_request(request) is request,
+    ]
+
+
+def tool_parser_helpers() -> list[Any]:
+    """partial_tag_overlap, find_common_prefix/suffix and extract_intermediate_diff on tags
+    and partial JSON; find_tool_name and find_tool_properties without tools."""
+    from vllm.tool_parsers.utils import (
+        extract_intermediate_diff,
+        find_common_prefix,
+        find_common_suffix,
+        find_tool_name,
+        find_tool_properties,
+        partial_tag_overlap,
+    )
+
+    return [
+        partial_tag_overlap("abc<tool_", "<tool_call>"),
+        partial_tag_overlap("abc", "<tool_call>"),
+        partial_tag_overlap("x<tool_call>", "<tool_call>"),
+        partial_tag_overlap("x", ""),
+        find_common_prefix('{"fruit": "ap"}', '{"fruit": "apple"}'),
+        find_common_suffix('{"fruit": "ap"}', '{"fruit": "apple"}'),
+        extract_intermediate_diff('{"fruit": "apple"}', '{"fruit": "ap"}'),
+        extract_intermediate_diff('{"a": 1, "b": "xy"}', '{"a": 1}'),
+        extract_intermediate_diff('{"a": [1, 2]}', '{"a": [1]}'),
+        find_tool_name(None, "f"),
+        find_tool_name([], "f"),
+        find_tool_properties(None, "f"),
+    ]
+
+
+def config_registry() -> list[Any]:
+    """_CONFIG_REGISTRY as a model plugin fills it: a config class registered by model_type
+    is found again (item, `in`, get), an unknown type is a KeyError; a LazyConfigDict of
+    classes returns them."""
+    from vllm.transformers_utils.config import _CONFIG_REGISTRY as registry
+    from vllm.transformers_utils.config import LazyConfigDict
+
+    class H2Config:
+        model_type = "h2_model"
+
+    registry["h2_model"] = H2Config
+    own = LazyConfigDict(h2_lazy=H2Config)
+    return [
+        registry["h2_model"] is H2Config,
+        "h2_model" in registry,
+        registry.get("h2_model") is H2Config,
+        isinstance(registry, dict),
+        type(registry).__name__,
+        error_type(lambda: registry["h2-unknown"], KeyError),
+        own["h2_lazy"] is H2Config,
+    ]
+
+
+def flexible_argument_parser() -> list[Any]:
+    """FlexibleArgumentParser as a plugin subclasses it: underscores for dashes, dotted JSON
+    options merged (`+` lists, human-readable numbers), -O3, a YAML --config that the command
+    line overrides, a deprecated argument in a group, check_port and human_readable_int."""
+    import argparse
+    import json
+    import os
+    import tempfile
+
+    from vllm.utils.argparse_utils import FlexibleArgumentParser, human_readable_int
+
+    class PluginParser(FlexibleArgumentParser):
+        pass
+
+    parser = PluginParser(prog="h2")
+    parser.add_argument("--max-num-seqs", type=int, default=1)
+    parser.add_argument("--compilation-config", type=json.loads, default=None)
+    parser.add_argument("--optimization-level", default=None)
+    parser.add_argument("--port", type=parser.check_port, default=8000)
+    parser.add_argument("--enforce-eager", action="store_true")
+    group = parser.add_argument_group("h2 options")
+    group.add_argument("--old-flag", type=int, default=0, deprecated=True)
+    flexible = parser.parse_args(
+        [
+            "--max_num_seqs",
+            "4",
+            "--compilation-config.level",
+            "3",
+            "--compilation-config.sizes+",
+            "1,2",
+            "--compilation_config.cache=2k",
+            "-O3",
+            "--old_flag=2",
+        ]
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "h2.yaml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("max-num-seqs: 8\nenforce-eager: true\nport: 9000\n")
+        from_file = parser.parse_args(["--config", path, "--max-num-seqs", "5"])
+    return [
+        sorted(vars(flexible).items()),
+        sorted(vars(from_file).items()),
+        error_type(lambda: parser.check_port("80"), argparse.ArgumentTypeError),
+        human_readable_int("25.6k"),
+        human_readable_int("1K"),
+        error_type(lambda: human_readable_int("1.5K"), argparse.ArgumentTypeError),
+    ]
+
+
+def _sampling_metadata(rows: int, **fields: Any) -> Any:
+    """A greedy `SamplingMetadata` for `rows` rows without penalties, with `fields` changed."""
+    import torch
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    values: dict[str, Any] = {
+        "temperature": torch.zeros(rows),
+        "all_greedy": True,
+        "all_random": False,
+        "top_p": None,
+        "top_k": None,
+        "generators": {},
+        "max_num_logprobs": None,
+        "no_penalties": True,
+        "prompt_token_ids": None,
+        "frequency_penalties": torch.zeros(rows),
+        "presence_penalties": torch.zeros(rows),
+        "repetition_penalties": torch.ones(rows),
+        "output_token_ids": [[] for _ in range(rows)],
+        "allowed_token_ids_mask": None,
+        "bad_words_token_ids": {},
+        "logitsprocs": LogitsProcessors(),
+    }
+    values.update(fields)
+    return SamplingMetadata(**values)
+
+
+def v1_sampler() -> list[Any]:
+    """Sampler: greedy ids as [n, 1] int32, logprobs (sampled token first, its rank), the
+    allowed-token mask, bad words, penalties, top-k 1 and greedy rows in a random batch."""
+    import torch
+    from vllm.v1.sample.sampler import Sampler
+
+    logits = seeded(3, 12)
+    top = logits.argmax(-1)
+    sampler = Sampler()
+
+    def ids(**fields: Any) -> list[int]:
+        out = sampler(logits.clone(), _sampling_metadata(3, **fields))
+        return out.sampled_token_ids.view(-1).tolist()
+
+    greedy = sampler(logits.clone(), _sampling_metadata(3))
+    with_logprobs = sampler(logits.clone(), _sampling_metadata(3, max_num_logprobs=2))
+    lp = with_logprobs.logprobs_tensors
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, int(top[0])] = True
+    prompts = torch.tensor([[int(top[0]), 12], [12, 12], [12, 12]])
+    generators = {i: torch.Generator().manual_seed(i) for i in range(3)}
+    return [
+        list(greedy.sampled_token_ids.shape),
+        str(greedy.sampled_token_ids.dtype),
+        greedy.sampled_token_ids.view(-1).tolist() == top.tolist(),
+        greedy.logprobs_tensors,
+        lp.logprob_token_ids.tolist(),
+        str(lp.logprob_token_ids.dtype),
+        [round(v, 4) for v in lp.logprobs.view(-1).tolist()],
+        lp.selected_token_ranks.tolist(),
+        ids(allowed_token_ids_mask=mask)[0] != int(top[0]),
+        ids(bad_words_token_ids={1: [[int(top[1])], [99, 5]]})[1] != int(top[1]),
+        ids(
+            no_penalties=False,
+            prompt_token_ids=prompts,
+            repetition_penalties=torch.full((3,), 50.0),
+        )[0]
+        != int(top[0]),
+        ids(
+            temperature=torch.tensor([1.0, 0.0, 0.7]),
+            all_greedy=False,
+            top_k=torch.tensor([1, 12, 1]),
+            generators=generators,
+        )
+        == top.tolist(),
+    ]
+
+
+def ec_transfer_one_instance() -> list[Any]:
+    """EC transfer without a config: nothing initialised, the factory's names and its
+    refusals, the connector's abstract methods and roles."""
+    from vllm.config import VllmConfig
+    from vllm.distributed.ec_transfer import (
+        ensure_ec_transfer_initialized,
+        ensure_ec_transfer_shutdown,
+        get_ec_transfer,
+        has_ec_transfer,
+    )
+    from vllm.distributed.ec_transfer.ec_connector.base import ECConnectorBase, ECConnectorRole
+    from vllm.distributed.ec_transfer.ec_connector.factory import ECConnectorFactory
+
+    config = VllmConfig()
+    ensure_ec_transfer_initialized(config)
+    ensure_ec_transfer_shutdown()
+    ECConnectorFactory.register_connector("RowConnector", "row_connector", "RowConnector")
+
+    class Minimal(ECConnectorBase):
+        def start_load_caches(self, encoder_cache, **kwargs): ...
+        def save_caches(self, encoder_cache, mm_hash, **kwargs): ...
+        def has_cache_item(self, identifier):
+            return False
+
+        def update_state_after_alloc(self, request, index): ...
+        def build_connector_meta(self, scheduler_output): ...
+
+    return [
+        has_ec_transfer(),
+        config.ec_transfer_config,
+        error_type(get_ec_transfer, AssertionError),
+        error_type(
+            lambda: ECConnectorFactory.register_connector("RowConnector", "m", "C"), ValueError
+        ),
+        sorted(
+            n
+            for n in ("ECExampleConnector", "ECCPUConnector", "ECMooncakeConnector")
+            if n in ECConnectorFactory._registry
+        ),
+        sorted(ECConnectorBase.__abstractmethods__),
+        [(role.name, role.value) for role in ECConnectorRole],
+        error_type(lambda: Minimal(config, ECConnectorRole.WORKER), ValueError),
+        error_type(
+            lambda: ECConnectorFactory.create_connector(config, ECConnectorRole.WORKER), ValueError
+        ),
+    ]
+
+
 #: The behaviour rows, by row id (the ids of docs/fidelity-surface.md).
 BEHAVIOUR: dict[str, Callable[[], Any]] = {
     "linear.replicated-computes-xWt+b": linear_replicated,
@@ -743,6 +1106,13 @@ BEHAVIOUR: dict[str, Callable[[], Any]] = {
     "sequence.intermediate-tensors": intermediate_tensors,
     "math-utils.rounding": math_utils,
     "logging.default-config-and-formatter": logging_config,
+    "tool-parsers.register-and-look-up": tool_parser_registry,
+    "tool-parsers.base-class": tool_parser_base,
+    "tool-parsers.string-and-tool-helpers": tool_parser_helpers,
+    "transformers-utils.config-registry": config_registry,
+    "argparse.flexible-argument-parser": flexible_argument_parser,
+    "sampler.v1-greedy-logprobs-and-processing": v1_sampler,
+    "ec-transfer.one-instance-without-config": ec_transfer_one_instance,
 }
 
 
@@ -797,8 +1167,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown row ids: {', '.join(unknown)}")
     if args.engine == "reference":
+        from reference._version import CONTRACT_ENV
         from reference.surface import mount
 
+        # The rows stand beside vLLM 0.32: model that release unless one is chosen (its
+        # V1 sampler modules are gone from the 0.34 contract, the reference's default).
+        os.environ.setdefault(CONTRACT_ENV, "0.32.0")
         mount()
     print(MARKER + json.dumps(run_rows(args.rows or row_ids())), flush=True)
     return 0

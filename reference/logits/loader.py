@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from reference.config import HfConfig
 from reference.logits import default_use_v2_model_runner, v1, v2
 from reference.logits.sources import CustomLogitsProcs
 from reference.logits.v1 import (
@@ -108,9 +109,11 @@ def build_logits_processors_for(
 def _default_request_state(
     vllm_config: Any, device: torch.device | str
 ) -> v2.LogitsProcRequestState:
+    # A bare `VllmConfig()` has no model: the buffers then have no vocabulary.
     model_config = vllm_config.model_config
-    hf_config = model_config.hf_config
-    max_model_len = model_config.max_model_len or hf_config.get("max_position_embeddings") or 2048
+    hf_config = model_config.hf_config if model_config is not None else HfConfig()
+    configured_len = model_config.max_model_len if model_config is not None else None
+    max_model_len = configured_len or hf_config.get("max_position_embeddings") or 2048
     return v2.LogitsProcRequestState.create(
         max_num_reqs=vllm_config.scheduler_config.max_num_seqs,
         vocab_size=int(hf_config.get("vocab_size") or 0),

@@ -2,17 +2,26 @@
 
 Importing this module imports no torch: built-ins and `"module:Class"` registrations are
 stored as strings and imported only when an engine resolves them (vLLM 0.32, contract §10).
+
+The built-ins are every architecture vLLM ships at the modelled contract release, by name
+(`data/builtin_architectures.json`, recorded from vLLM's own registry by
+`benchmarks/builtin_architectures.py`), so that a plugin sees the names it tests for or
+replaces. The reference's own stand-ins serve the few it can run; every other one points at
+vLLM's module and fails to resolve here with the ImportError vLLM's module path gives.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Set
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
+from importlib import resources
 from typing import Any
 
+from reference._version import contract_version
 from reference.logger import init_logger
 
 logger = init_logger("vllm.model_executor.models.registry")
@@ -78,6 +87,30 @@ class _LazyRegisteredModel(_BaseRegisteredModel):
     def load_model_cls(self) -> type:
         module = importlib.import_module(self.module_name)
         return getattr(module, self.class_name)
+
+
+@dataclass(frozen=True)
+class _VllmBuiltinModel(_LazyRegisteredModel):
+    """One of vLLM's built-in architectures that the reference does not stand in for.
+
+    Resolving it imports vLLM's module path. Where the reference does not answer that module,
+    the import raises ModuleNotFoundError naming it; where it answers the module but lacks the
+    class (vLLM's `llama` module has classes the reference's lacks), the ImportError that
+    `from module import Class` raises. Either way the failure names what vLLM has and the
+    reference lacks, so the harness can tell it from a plugin's own failure. An alias of a
+    class the mounted reference has (vLLM's `LLaMAForCausalLM` is `llama:LlamaForCausalLM`)
+    resolves to it.
+    """
+
+    def load_model_cls(self) -> type:
+        module = importlib.import_module(self.module_name)
+        try:
+            return getattr(module, self.class_name)
+        except AttributeError as exc:
+            raise ImportError(
+                f"cannot import name {self.class_name!r} from {self.module_name!r}",
+                name=self.module_name,
+            ) from exc
 
 
 @lru_cache(maxsize=128)
@@ -244,12 +277,35 @@ _REFERENCE_MODELS: dict[str, tuple[str, str, _ModelInfo]] = {
 }
 
 
-def builtin_models() -> dict[str, _BaseRegisteredModel]:
-    """A fresh copy of the built-in registrations (all lazy)."""
-    return {
-        arch: _LazyRegisteredModel(f"reference.models.{module}", cls_name, info)
+#: vLLM's built-in architectures per release, in the package data (see the module docstring).
+_VLLM_ARCHITECTURES_FILE = ("data", "builtin_architectures.json")
+
+
+@cache
+def _recorded_releases() -> dict[str, dict[str, str]]:
+    path = resources.files("reference").joinpath(*_VLLM_ARCHITECTURES_FILE)
+    return json.loads(path.read_text(encoding="utf-8"))["releases"]
+
+
+def vllm_builtin_architectures(release: str) -> dict[str, str]:
+    """vLLM's built-in architectures at `release` (e.g. "0.32.0"): architecture →
+    `module:Class` in vLLM. Empty for a release that was not recorded."""
+    return dict(_recorded_releases().get(release, {}))
+
+
+def builtin_models(contract: str | None = None) -> dict[str, _BaseRegisteredModel]:
+    """A fresh copy of the built-in registrations (all lazy) at `contract` (default: the
+    modelled one): vLLM's architecture names of that release, each served by the reference's
+    stand-in where it has one, else pointing at vLLM's own module."""
+    models: dict[str, _BaseRegisteredModel] = {}
+    for arch, target in vllm_builtin_architectures(contract or contract_version()).items():
+        module, _, class_name = target.partition(":")
+        models[arch] = _VllmBuiltinModel(module, class_name)
+    models.update(
+        (arch, _LazyRegisteredModel(f"reference.models.{module}", cls_name, info))
         for arch, (module, cls_name, info) in _REFERENCE_MODELS.items()
-    }
+    )
+    return models
 
 
 ModelRegistry = _ModelRegistry(builtin_models())
