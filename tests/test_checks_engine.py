@@ -11,6 +11,7 @@ from conformance.framework import load_catalog
 from conformance.overlay import fixtures_root
 from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.runner import Planned, engine_target, plan_engine, run_planned
+from reference._version import DEFAULT_CONTRACT
 from tests.conftest import assert_mutant_fails
 
 CATALOG = load_catalog()
@@ -19,6 +20,7 @@ MUTANTS = fixtures_root() / "mutants"
 #: The engine mutants: code run in every probe after the engine is mounted, one per check.
 ENGINE_MUTANTS = sorted(p.parent.name for p in MUTANTS.glob("engine.*/patch.py"))
 RAY_CHECK = "engine.plugins-in-ray-workers"
+WORKER_EXTENSION = "engine.worker-extension-hooks"
 #: What each mutant's failure message must show, beyond the fix hint.
 OBSERVED = {
     "engine.custom-op-replacement": "observed {'class': 'RotaryEmbedding'",
@@ -36,6 +38,7 @@ OBSERVED = {
     RAY_CHECK: "the plugin it leaves out loaded in Ray worker pid",
     "engine.register-error-propagates": "observed {'first': None",
     "engine.stat-logger-rules": "observed factories ['make']",
+    "engine.worker-extension-hooks": "observed ['worker', 'device', 'load_model', 'shutdown']",
 }
 #: What a check needs installed to judge an engine at all (without it, a capability skip).
 NEEDS = {
@@ -70,8 +73,11 @@ def _run_all(patch: str):
 
 
 def test_engine_checks_are_planned_for_the_reference_contract():
-    planned = [p.check.id for p in plan_engine("0.32.0")]
+    # The reference's newest contract has every engine check; 0.32 lacks the 0.33 ones.
+    planned = [p.check.id for p in plan_engine(DEFAULT_CONTRACT)]
     assert planned == ENGINE_CHECKS and len(planned) >= 10
+    older = [p.check.id for p in plan_engine("0.32.0")]
+    assert older == [c for c in ENGINE_CHECKS if c != WORKER_EXTENSION]
 
 
 @pytest.mark.parametrize("check_id", ENGINE_CHECKS)
@@ -164,3 +170,82 @@ def test_logits_plugins_are_loaded_by_the_loader_the_contract_has(contract, load
         assert result.status == status, result.message
         if status == "failed":
             assert f"({loader} loader)" in result.message
+
+
+def _worker_extension_result(contract: str, patch: str = ""):
+    session = Session(
+        engine_target("reference"), "reference", engine_patch=patch, contract_version=contract
+    )
+    return run_planned(session, Planned(CATALOG[WORKER_EXTENSION], None))
+
+
+def test_worker_extension_hooks_are_a_0_33_rule():
+    check = CATALOG[WORKER_EXTENSION]
+    assert check.since == "0.33.0" and check.until is None
+    assert not check.applies_to_contract("0.32.0")
+    assert check.applies_to_contract("0.33.0") and check.applies_to_contract("0.34.0")
+
+
+@pytest.mark.parametrize("contract", ["0.33.0", "0.34.0"])
+def test_the_reference_calls_the_worker_extension_hooks_from_0_33(contract):
+    """Under each contract with the hooks the reference passes, and the mutant that never calls
+    them fails, showing the calls it saw."""
+    assert _worker_extension_result(contract).status == "passed"
+    mutant = _worker_extension_result(contract, _patch(WORKER_EXTENSION))
+    assert mutant.status == "failed", mutant.message
+    assert OBSERVED[WORKER_EXTENSION] in mutant.message
+
+
+def test_the_reference_calls_no_worker_extension_hook_under_0_32():
+    """Before 0.33 same-named methods were plain methods the worker never called: the reference
+    modelling 0.32 calls neither hook, which is why the check is not applied to 0.32."""
+    result = _worker_extension_result("0.32.0")
+    assert result.status == "failed", result.message
+    assert OBSERVED[WORKER_EXTENSION] in result.message
+
+
+def test_a_worker_extension_destroy_hook_that_propagates_fails_the_check():
+    """A destroy hook's exception must be logged, not raised: an engine that lets it out of
+    shutdown() fails, and the message says which wrapper step raised."""
+    patch = (
+        "from vllm.v1.worker.worker_base import WorkerWrapperBase as _W\n"
+        "def _shutdown(self):\n"
+        "    self._extension_hook('destroy_worker_extension')(self.worker)\n"
+        "    self.worker.shutdown()\n"
+        "_W.shutdown = _shutdown\n"
+    )
+    result = _worker_extension_result("0.34.0", patch)
+    assert result.status == "failed", result.message
+    assert "shutdown() raised" in result.message and "failed on purpose" in result.message
+
+
+def test_the_worker_extension_check_is_inconclusive_where_no_engine_config_builds():
+    """An engine that cannot build a served model's config here (a Python-only vLLM, a device
+    it cannot find) starts no worker: inconclusive, with what building the config raised."""
+    patch = (
+        "import vllm.engine.arg_utils as _args\n"
+        "def _refuse(self, *a, **k):\n"
+        "    raise RuntimeError('Failed to infer device type')\n"
+        "_args.EngineArgs.create_engine_config = _refuse\n"
+    )
+    result = _worker_extension_result("0.34.0", patch)
+    assert result.status == "inconclusive", result.message
+    assert "Failed to infer device type" in result.message and "no worker" in result.message
+
+
+def test_a_worker_extension_init_hook_run_outside_the_workers_config_fails_the_check():
+    """vLLM runs `init_worker_extension` inside `set_current_vllm_config(worker's config)`, so a
+    hook may read `get_current_vllm_config()`; an engine that calls it after leaving that block
+    (as the reference did) hands the hook another config, and fails."""
+    patch = (
+        "from vllm.config import set_current_vllm_config\n"
+        "from vllm.v1.worker.worker_base import WorkerWrapperBase as _W\n"
+        "def _init_device(self):\n"
+        "    with set_current_vllm_config(self.vllm_config):\n"
+        "        self.worker.init_device()\n"
+        "    self._extension_hook('init_worker_extension')(self.worker)\n"
+        "_W.init_device = _init_device\n"
+    )
+    result = _worker_extension_result("0.34.0", patch)
+    assert result.status == "failed", result.message
+    assert "'init_worker_extension(Worker)', 'another config current'" in result.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from conformance.checks.logits import v1_removed
@@ -19,6 +20,7 @@ from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.overlay import Overlay
 from conformance.probe import run_probe
 from conformance.probes import engine as scenarios
+from conformance.probes import worker_extension as worker_probe
 from conformance.probes.data import ExceptionInfo
 
 T = TypeVar("T")
@@ -609,6 +611,85 @@ def check_logits_not_filtered(ctx: CheckContext) -> None:
         module, function = scenarios.LOGITS_LOADERS[interface]
         fail(f"The engine exposes no logits-processor plugin loader ({module}.{function}).")
     _expect(f'VLLM_PLUGINS="" ({interface} loader): logits plugins loaded', loaded, ["LP"])
+
+
+# --------------------------------------------------------------------------------------------
+# Worker extensions: `worker_extension_cls` is mixed into the worker, with lifecycle hooks.
+
+#: The module the worker-extension scenario installs as `wx_workers` (see its docstring).
+WORKER_EXTENSION_MODULE = (Path(worker_probe.__file__).parent / "wx_workers.py").read_text(
+    encoding="utf-8"
+)
+#: What the worker and its extension must be called for, in order.
+WORKER_EXTENSION_CALLS = [
+    "worker",
+    "device",
+    "init_worker_extension(Worker)",
+    "its config current",
+    "load_model",
+    "destroy_worker_extension(Worker)",
+    "shutdown",
+]
+
+
+def _worker_extension_plugin() -> Plugin:
+    """An active test platform (a plain `Platform`, so a `VllmConfig` builds without a device
+    or compiled ops) in a distribution that also holds the `wx_workers` module."""
+    dist, entry_points, modules = _platform_plugin("wx", ACTIVE)
+    return (dist, entry_points, {**modules, "wx_workers": WORKER_EXTENSION_MODULE})
+
+
+@check(
+    "engine.worker-extension-hooks",
+    title="worker_extension_cls is mixed into the worker, and its init/destroy hooks run (0.33+)",
+    fix="Mix parallel_config.worker_extension_cls into the worker class; in the worker wrapper "
+    "call the extension's init_worker_extension(worker) right after worker.init_device(), with "
+    "the worker's config still current, and its destroy_worker_extension(worker) in shutdown() "
+    "before worker.shutdown(), logging what the destroy hook raises with logger.exception "
+    "instead of raising it.",
+    since="0.33.0",
+)
+def check_worker_extension_hooks(ctx: CheckContext) -> None:
+    """From vLLM 0.33 the worker wrapper calls the extension's `init_worker_extension()` once,
+    on the worker, after the device is initialised and before the model loads, with the
+    worker's config current (`set_current_vllm_config`), and `destroy_worker_extension()` when
+    the worker shuts down, before the worker's own shutdown;
+    a destroy hook that raises is logged at ERROR with its traceback, and the worker still
+    shuts down. The engine's own `WorkerWrapperBase` is driven through `init_worker`,
+    `init_device`, `load_model` and `shutdown`, as an executor does, with a device-free worker
+    class and the config `EngineArgs(worker_cls=..., worker_extension_cls=...)` builds for a
+    tiny model (no weights), under a device-free test platform; where the engine cannot build
+    that config on this machine, no worker is started and the check is inconclusive. One
+    scenario covers it all (building an engine config costs real vLLM most of a minute)."""
+    from conformance.checks.general import ENGINE_RUN_TIMEOUT_S
+
+    scenario = "a worker extension whose destroy hook raises"
+    with _overlays(_worker_extension_plugin()) as overlays:
+        run = _run(
+            ctx,
+            worker_probe.run_worker_lifecycle,
+            scenario,
+            overlays,
+            timeout=ENGINE_RUN_TIMEOUT_S,
+            module="wx_workers",
+            worker="Worker",
+            extension="Extension",
+        )
+    error = run.config_error
+    if error is not None:
+        inconclusive(
+            "this engine cannot build the config of a served model on this machine, even under "
+            f"a device-free test platform ({error.headline.splitlines()[0]}), so no worker was "
+            "started"
+        )
+    if run.error is not None:
+        fail_on(
+            run.error, f"Scenario '{scenario}': the worker wrapper's {run.failed_step}() raised:"
+        )
+    _expect(f"{scenario}: extension mixed into the worker class", run.mixed_in, True)
+    _expect(f"{scenario}: calls", run.events, WORKER_EXTENSION_CALLS)
+    logged = [(r.level, "on purpose" in (r.exc or "")) for r in run.shutdown_errors]
+    _expect(f"{scenario}: ERROR records with its traceback", logged, [("ERROR", True)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -211,14 +211,14 @@ class WorkerWrapperBase:
 
     def init_device(self) -> None:
         """The worker takes its device; from the 0.33 contract the extension's
-        `init_worker_extension(worker)` hook then runs (before the model loads). Its errors
-        propagate."""
+        `init_worker_extension(worker)` hook then runs (before the model loads), with the
+        worker's config still current, as in vLLM 0.33 and 0.34. Its errors propagate."""
         assert self.worker is not None, "init_worker() must come first"
         with set_current_vllm_config(self.vllm_config):
             self.worker.init_device()
-        hook = self._extension_hook("init_worker_extension")
-        if hook is not None:
-            hook(self.worker)
+            hook = self._extension_hook("init_worker_extension")
+            if hook is not None:
+                hook(self.worker)
 
     def shutdown(self) -> None:
         """Shut the worker down; from the 0.33 contract the extension's
