@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import typing
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -99,6 +100,52 @@ def contract_problem(engine: str, version: str | None, option: str = "--contract
     return None
 
 
+def _probe_key(
+    function: Callable[..., Any],
+    args: dict[str, Any] | None,
+    env: Mapping[str, str | None] | None,
+    bare: bool,
+) -> str:
+    """What makes two probes of a session the same probe (they share one result)."""
+    return json.dumps([probe_name(function), args or {}, env or {}, bare], sort_keys=True)
+
+
+@dataclass
+class _Ahead:
+    """A probe running in a thread of its own, ahead of the check that wants it."""
+
+    cancel: threading.Event
+    thread: threading.Thread = field(init=False)
+    result: ProbeResult = field(init=False)
+
+    def run(self, kwargs: dict[str, Any]) -> None:
+        self.result = run_probe(**kwargs)
+
+
+def _stop(ahead: dict[str, _Ahead], pool: ProbePool | None) -> None:
+    """Stop the probes started ahead (their results go unused) and the pool's servers."""
+    for entry in list(ahead.values()):
+        entry.cancel.set()
+    for entry in list(ahead.values()):
+        entry.thread.join()
+    ahead.clear()
+    if pool is not None:
+        pool.close()
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """The engine-run probe a check runs, declared on the check (`@check(engine_run=...)`)
+    so that a run of checks can start it ahead (`Session.prefetch`): its function, the
+    arguments it is called with besides the entry point's `group` and `name`, its
+    environment and its time limit. The check runs it with `CheckContext.engine_run()`."""
+
+    function: Callable[..., Any]
+    env: Mapping[str, str | None] = field(default_factory=dict)
+    timeout: float | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Session:
     """The shared state of one run of checks on one target and engine."""
@@ -123,13 +170,16 @@ class Session:
     #: The prepared interpreters the session's probes fork from (`conformance.probe.ProbePool`):
     #: one Python and engine start-up per set of settings, not one per probe.
     pool: ProbePool = field(default_factory=ProbePool, repr=False)
+    #: Probes started ahead of the checks that want them (`prefetch`), by probe key.
+    _ahead: dict[str, _Ahead] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        weakref.finalize(self, self.pool.close)
+        weakref.finalize(self, _stop, self._ahead, self.pool)
 
     def close(self) -> None:
-        """Stop the session's prepared interpreters (they also stop with this process)."""
-        self.pool.close()
+        """Stop the probes started ahead that no check asked for, and the session's prepared
+        interpreters (both also stop when the session is collected or this process ends)."""
+        _stop(self._ahead, self.pool)
 
     def run(
         self,
@@ -142,28 +192,74 @@ class Session:
         bare: bool = False,
     ) -> ProbeResult:
         """Run the probe function with `args` once per session (the result is shared); `bare`:
-        with no plugin visible at all, the target's included (the engine alone)."""
-        key = json.dumps([probe_name(function), args or {}, env or {}, bare], sort_keys=True)
+        with no plugin visible at all, the target's included (the engine alone). A probe
+        started ahead (`prefetch`) is waited for."""
+        key = _probe_key(function, args, env, bare)
         if key not in self._probes:
             if hang_key in self._hung:
+                self._cancel(key)
                 return self._hung[hang_key]
-            result = run_probe(
-                call=probe_name(function),
-                args=args or {},
-                engine=self.engine,
-                env=env,
-                timeout=timeout or self.timeout,
-                patch=self.engine_patch,
-                coverage=self.coverage,
-                contract=self.contract,
-                pool=self.pool,
-                warm=getattr(function, "warm", False),
-                **({"visible": []} if bare else self.target.probe_settings()),  # type: ignore[arg-type]
-            )
+            ahead = self._ahead.pop(key, None)
+            if ahead is not None:
+                ahead.thread.join()
+                result = ahead.result
+            else:
+                result = run_probe(**self._probe_kwargs(function, args, env, timeout, bare))
             if result.status == "timeout":
                 self._hung[hang_key] = result
             self._probes[key] = result
         return self._probes[key]
+
+    def prefetch(
+        self,
+        function: Callable[..., Any],
+        args: dict[str, Any] | None = None,
+        *,
+        env: dict[str, str | None] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Start the probe `run(function, args, env=env, timeout=timeout)` will ask for now, in
+        a fresh interpreter beside this thread's probes, so that a long engine run overlaps
+        the checks before it instead of following them (on two cores, about a bare engine
+        start saved). Its result is used only if that check runs; `close` stops it otherwise.
+        Measured (`--coverage`) and patched runs do not prefetch."""
+        key = _probe_key(function, args, env, False)
+        if self.coverage or self.engine_patch or key in self._probes or key in self._ahead:
+            return
+        kwargs = self._probe_kwargs(function, args, env, timeout, False)
+        ahead = _Ahead(threading.Event())
+        kwargs |= {"pool": None, "cancel": ahead.cancel}
+        ahead.thread = threading.Thread(
+            target=ahead.run, args=(kwargs,), name=f"prefetch {probe_name(function)}", daemon=True
+        )
+        self._ahead[key] = ahead
+        ahead.thread.start()
+
+    def _probe_kwargs(
+        self,
+        function: Callable[..., Any],
+        args: dict[str, Any] | None,
+        env: dict[str, str | None] | None,
+        timeout: float | None,
+        bare: bool,
+    ) -> dict[str, Any]:
+        return {
+            "call": probe_name(function),
+            "args": args or {},
+            "engine": self.engine,
+            "env": env,
+            "timeout": timeout or self.timeout,
+            "patch": self.engine_patch,
+            "coverage": self.coverage,
+            "contract": self.contract,
+            "pool": self.pool,
+            "warm": getattr(function, "warm", False),
+            **({"visible": []} if bare else self.target.probe_settings()),
+        }
+
+    def _cancel(self, key: str) -> None:
+        """Stop the probe started ahead under `key`, if any (its entry point hung another)."""
+        _stop({key: self._ahead.pop(key)} if key in self._ahead else {}, None)
 
     @property
     def contract(self) -> str:
@@ -262,6 +358,25 @@ class CheckContext:
         """The typed observation `function(**args)` returns in a probe (see `run`)."""
         result = self.run(function, env=env, timeout=timeout, **args)
         return observation(result, function, purpose or f"of {self.check.id}")
+
+    def engine_run(self) -> ProbeResult:
+        """The raw result of the engine-run probe this check declares (`EngineRun`)."""
+        spec = self.engine_run_spec()
+        return self.run(spec.function, env=dict(spec.env), timeout=spec.timeout, **spec.args)
+
+    def engine_run_spec(self) -> EngineRun:
+        declare = self.check.engine_run
+        if declare is None:
+            raise HarnessError(f"{self.check.id} declares no engine run (@check(engine_run=...)).")
+        return declare(self)
+
+    def prefetch_engine_run(self) -> None:
+        """Start this check's declared engine-run probe ahead (`Session.prefetch`)."""
+        spec = self.engine_run_spec()
+        args = dict(spec.args)
+        if self.entry_point is not None:
+            args = {"group": self.entry_point.group, "name": self.entry_point.name, **args}
+        self.session.prefetch(spec.function, args, env=dict(spec.env), timeout=spec.timeout)
 
     def fact(self) -> facts_probe.EntryPointFact:
         """How this check's entry point loads (shared by every check of the target)."""

@@ -132,6 +132,10 @@ class Check:
     #: Checks that must pass (for the same entry point, or the whole target) before this one
     #: can judge anything; if one did not, this check is `blocked` by it.
     requires: tuple[str, ...] = ()
+    #: For a check whose verdict rests on one engine run: the probe it runs, given the check's
+    #: context (a `conformance.context.EngineRun`), so that a run of checks can start it
+    #: ahead (`conformance.context.Session.prefetch`).
+    engine_run: Callable[[Any], Any] | None = None
 
     @property
     def entry_point_group(self) -> str | None:
@@ -169,8 +173,10 @@ def check(
     since: str | None = None,
     until: str | None = None,
     requires: tuple[str, ...] = (),
+    engine_run: Callable[[Any], Any] | None = None,
 ) -> Callable[[CheckFunc], CheckFunc]:
-    """Register the decorated function as the check `id` (`<group>.<what>`)."""
+    """Register the decorated function as the check `id` (`<group>.<what>`); see `Check` for
+    the rest."""
     group = id.split(".", 1)[0]
     if group not in GROUPS:
         raise ValueError(f"Check {id!r}: unknown group {group!r}; known: {', '.join(GROUPS)}.")
@@ -183,7 +189,9 @@ def check(
         doc = " ".join((func.__doc__ or "").split())
         if not doc:
             raise ValueError(f"Check {id!r} needs a docstring that explains its rule.")
-        CATALOG[id] = Check(id, group, level, title, fix, doc, func, since, until, requires)
+        CATALOG[id] = Check(
+            id, group, level, title, fix, doc, func, since, until, requires, engine_run
+        )
         return func
 
     return register

@@ -220,6 +220,7 @@ def run_probe(
     contract: str | None = None,
     pool: ProbePool | None = None,
     warm: bool = False,
+    cancel: threading.Event | None = None,
 ) -> ProbeResult:
     """Run `call` ("package.module:function", called with `args` as keywords) or `code` in a
     fresh interpreter and report what happened.
@@ -248,18 +249,13 @@ def run_probe(
     engine's start-up again; `warm` asks for one that has also imported the engine's model
     stack (`WARM_MODULES`), for a probe function marked `runtime.warm`. Probes measured with
     `coverage` or run with an engine `patch` always start a fresh interpreter.
+
+    A probe run ahead of the check that wants it (`Session.prefetch`) gets a `cancel` event:
+    set, it stops the probe (status "cancelled"), whose result then goes unused.
     """
     if (call is None) == (not code):
         raise ValueError("run_probe needs exactly one of `code` and `call`.")
-    if engine not in ENGINES:
-        raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
-    if contract is not None and engine == "reference":
-        from reference._version import CONTRACT_ENV, modelled_contract
-
-        # An `env` that names the variable itself wins (the suite's own tests do so).
-        env = {CONTRACT_ENV: modelled_contract(contract), **(env or {})}
-    overlays = [] if overlay is None else overlay if isinstance(overlay, list) else [overlay]
-    overlay_paths = [str(getattr(o, "path", o)) for o in overlays]
+    setup, env = _settings(engine, overlay, plugin_roots, exclusive, visible, contract, env)
     with tempfile.TemporaryDirectory(prefix="vllm-probe-") as workdir:
         scenario_path = Path(workdir, "scenario.json")
         result_path = Path(workdir, "result.json")
@@ -270,12 +266,8 @@ def run_probe(
             "code": code,
             "call": call,
             "args": to_json(dict(args or {})),
-            "plugin_roots": [*overlay_paths, *plugin_roots],
+            **setup,
             "patch": str(patch_path) if patch else None,
-            "engine": engine,
-            "sys_path": overlay_paths,
-            "exclusive": exclusive,
-            "visible": sorted(normalize_dist_name(name) for name in visible),
             "coverage": coverage,
         }
         scenario_path.write_text(json.dumps(scenario), encoding="utf-8")
@@ -314,11 +306,8 @@ def run_probe(
         ]
         for reader in readers:
             reader.start()
-        status = None
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            status = "timeout"
+        status = _wait(proc, timeout, cancel)
+        if status is not None:
             _kill_group(proc)
         proc.wait()
         # What the probe started and left running (real vLLM's engine-core and worker
@@ -342,6 +331,54 @@ def run_probe(
         if status is None:
             _read_report(result, result_path)
         return result
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], timeout: float, cancel: threading.Event | None
+) -> str | None:
+    """Wait for the probe's process: None once it ended, "timeout" or "cancelled" if it was
+    still running when the time was up or `cancel` was set."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=max(min(left, 0.5 if cancel is not None else left), 0.001))
+            return None
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                return "cancelled"
+            if time.monotonic() >= deadline:
+                return "timeout"
+
+
+def _settings(
+    engine: str,
+    overlay: Any,
+    plugin_roots: Sequence[str],
+    exclusive: bool,
+    visible: Sequence[str],
+    contract: str | None,
+    env: Mapping[str, str | None] | None,
+) -> tuple[dict[str, Any], Mapping[str, str | None] | None]:
+    """The part of a probe's scenario that its interpreter's preparation depends on (what a
+    `ProbeServer` is keyed by), and `env` with the reference's contract variable added."""
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown engine {engine!r}; expected one of {', '.join(ENGINES)}.")
+    if contract is not None and engine == "reference":
+        from reference._version import CONTRACT_ENV, modelled_contract
+
+        # An `env` that names the variable itself wins (the suite's own tests do so).
+        env = {CONTRACT_ENV: modelled_contract(contract), **(env or {})}
+    overlays = [] if overlay is None else overlay if isinstance(overlay, list) else [overlay]
+    overlay_paths = [str(getattr(o, "path", o)) for o in overlays]
+    setup = {
+        "plugin_roots": [*overlay_paths, *plugin_roots],
+        "engine": engine,
+        "sys_path": overlay_paths,
+        "exclusive": exclusive,
+        "visible": sorted(normalize_dist_name(name) for name in visible),
+    }
+    return setup, env
 
 
 def _read_report(result: ProbeResult, result_path: Path) -> None:
@@ -420,7 +457,8 @@ class ProbeServer:
     environment differs from the server's only in `VLLM_*` variables that were not read can
     fork from it, with those set in the child; any other difference needs its own server."""
 
-    def __init__(self, setup: dict[str, Any], env: dict[str, str], warm: bool, timeout: float):
+    def __init__(self, setup: dict[str, Any], env: dict[str, str], warm: bool):
+        """Start the server's interpreter; `wait_ready` waits for its preparation."""
         self.setup, self.env, self.warm = setup, env, warm
         self.env_read: set[str] = set()
         self.read_all = False
@@ -443,23 +481,38 @@ class ProbeServer:
         theirs.close()
         self.lines = _Lines(self.sock)
         self.ready = False
-        #: Why this server cannot run probes (None while it can).
+        #: Why this server cannot run probes (None while it can, or may yet).
         self.broken: str | None = None
+        #: Seconds a caller spent waiting for the preparation (`wait_ready`).
+        self.waited_s = 0.0
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most `timeout` s) for the preparation to finish; whether the server can
+        now run probes (if not, `broken` says why and the server is stopped)."""
+        if self.ready or self.broken is not None:
+            return self.ready
+        begun = time.perf_counter()
         try:
             hello = self.lines.next(timeout)
-        except TimeoutError:
+        except (OSError, TimeoutError):
             hello = None
+        self.waited_s += time.perf_counter() - begun
         if hello is None or not hello.get("ready"):
             self.broken = (hello or {}).get("why") or "the server did not start"
             self.close()
-            return
+            return False
         self.ready = True
         self.env_read = set(hello["env_read"])
         self.read_all = bool(hello["read_all"])
+        return True
+
+    def serves(self, setup: dict[str, Any], env: Mapping[str, str], warm: bool) -> bool:
+        """Whether this server was started for these settings and environment, exactly."""
+        return (self.setup, self.warm, self.env) == (setup, warm, dict(env))
 
     def env_changes(self, env: Mapping[str, str]) -> dict[str, str | None] | None:
         """What to set in a child for a probe wanting `env`, or None if this server's
-        preparation depends on a variable that differs."""
+        preparation depends on a variable that differs (known once it is ready)."""
         changed = {k for k in {*env, *self.env} if env.get(k) != self.env.get(k)}
         if any(not k.startswith("VLLM_") for k in changed):
             return None
@@ -563,6 +616,41 @@ class ProbePool:
     #: Settings whose server failed to start: their probes run fresh.
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    def _start(self, setup: dict[str, Any], env: dict[str, str], warm: bool) -> ProbeServer:
+        server = ProbeServer(setup, env, warm)
+        self.started += 1
+        self.servers.append(server)
+        while len(self.servers) > MAX_SERVERS:
+            self.servers.pop(0).close()
+        return server
+
+    def _ready(self, server: ProbeServer, timeout: float) -> bool:
+        """Whether `server` is ready (waiting for it); a server that failed leaves the pool,
+        and its settings are remembered so that their probes run fresh at once."""
+        if server.wait_ready(timeout):
+            return True
+        if server in self.servers:
+            self.servers.remove(server)
+        self.failed.append((_pool_key(server.setup, server.env, server.warm), server.broken or ""))
+        return False
+
+    def _find(
+        self, setup: dict[str, Any], env: dict[str, str], warm: bool, timeout: float
+    ) -> tuple[ProbeServer, dict[str, str | None]] | None:
+        """A ready server these settings can fork from, and what to set in the child."""
+        for candidate in list(self.servers):
+            if candidate.setup != setup or candidate.warm != warm:
+                continue
+            differ = {k for k in {*env, *candidate.env} if env.get(k) != candidate.env.get(k)}
+            if any(not k.startswith("VLLM_") for k in differ):
+                continue  # no need to wait for it to know that it does not fit
+            if not self._ready(candidate, timeout):
+                continue
+            changes = candidate.env_changes(env)
+            if changes is not None:
+                return candidate, changes
+        return None
+
     def run(
         self,
         scenario: dict[str, Any],
@@ -578,42 +666,32 @@ class ProbePool:
         no server could run it."""
         setup = {k: scenario[k] for k in ("plugin_roots", "engine", "sys_path")}
         setup |= {k: scenario[k] for k in ("exclusive", "visible")}
-        key = json.dumps([setup, warm, sorted(env.items())], sort_keys=True)
-        changes = None
-        server = None
-        for candidate in self.servers:
-            if candidate.setup == setup and candidate.warm == warm:
-                changes = candidate.env_changes(env)
-                if changes is not None:
-                    server = candidate
-                    break
-        setup_s = 0.0
-        if server is None:
-            if any(k == key for k, _ in self.failed):
+        found = self._find(setup, env, warm, timeout)
+        if found is None:
+            if any(k == _pool_key(setup, env, warm) for k, _ in self.failed):
                 return None
-            begun = time.perf_counter()
-            server = ProbeServer(setup, env, warm, timeout)
-            setup_s = time.perf_counter() - begun
-            self.started += 1
-            if server.broken is not None:
-                self.failed.append((key, server.broken))
+            server = self._start(setup, env, warm)
+            if not self._ready(server, timeout):
                 return None
-            changes = {}
-            self.servers.append(server)
-            while len(self.servers) > MAX_SERVERS:
-                self.servers.pop(0).close()
+            found = server, {}
+        server, changes = found
+        waited, server.waited_s = server.waited_s, 0.0
         self.servers.remove(server)
         self.servers.append(server)  # the most recently used last
-        result = server.run(scenario_path, result_path, changes or {}, timeout, output_limit)
-        if server.broken is not None:
+        result = server.run(scenario_path, result_path, changes, timeout, output_limit)
+        if server.broken is not None and server in self.servers:
             self.servers.remove(server)
         if result is not None:
-            result.wall_s += setup_s  # the probe that needed the server waited for it
+            result.wall_s += waited  # the probe that needed the server waited for it
         return result
 
     def close(self) -> None:
         while self.servers:
             self.servers.pop().close()
+
+
+def _pool_key(setup: dict[str, Any], env: Mapping[str, str], warm: bool) -> str:
+    return json.dumps([setup, warm, sorted(env.items())], sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------

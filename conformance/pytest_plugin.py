@@ -31,6 +31,7 @@ from conformance.runner import (
     exit_code,
     on_real_vllm,
     plan,
+    prefetch_engine_runs,
     read_expected_failures,
     run_planned,
 )
@@ -134,6 +135,7 @@ class _RunState:
         self.report_path: str | None = None
         self.measurement = _measurement(config)
         self.coverage: dict[str, Any] | None = None
+        self.prefetched = False
 
     def planned(self) -> list[Planned]:
         return plan(self.target, self.session.contract)
@@ -143,6 +145,16 @@ class _RunState:
         processes that run checks measure)."""
         if self.measurement is not None and self.session.coverage is None:
             self.session.coverage = self.measurement.start(plugin_scope(self.target))
+
+    def prefetch(self, session: pytest.Session) -> None:
+        """Once per process, before its first check: start the engine run the selected
+        checks declare (`prefetch_engine_runs`). Not on xdist workers: each collects every
+        check, and which of them will run the engine is not known there."""
+        if self.prefetched or hasattr(session.config, "workerinput"):
+            return
+        self.prefetched = True
+        items = [i.planned for i in session.items if isinstance(i, CheckItem)]
+        prefetch_engine_runs(self.session, items)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -264,6 +276,7 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         state: _RunState = self.config.stash[_STATE]
         state.measure()
+        state.prefetch(self.session)
         result = run_planned(state.session, self.planned, state.expected)
         self.user_properties.append(("conformance", json.dumps(result.to_json())))
         if result.status == "failed" and result.level == "recommended" and not state.strict:

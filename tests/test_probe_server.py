@@ -10,14 +10,17 @@ interpreter per configuration; counted here on the reference engine, where it is
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
+from conformance import context as context_module
 from conformance import probe as probe_module
-from conformance.context import Session
+from conformance.context import CheckContext, Session
 from conformance.framework import load_catalog
-from conformance.probe import ProbePool, run_probe
-from conformance.runner import plan, run_planned
+from conformance.probe import ProbePool, ProbeResult, run_probe
+from conformance.runner import plan, prefetch_engine_runs, run_planned
 from conformance.target import resolve_target
 from tests.conftest import HAS_TORCH
 
@@ -140,3 +143,72 @@ def test_the_engine_run_checks_of_one_run_share_one_engine_interpreter():
     assert len(probes) == 3
     # One warm server for the three (the facts probe, cold, has its own).
     assert session.pool.started == 2
+
+
+def test_a_cancelled_probe_stops_at_once():
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.perf_counter()
+    result = run_probe("import time; time.sleep(60)", cancel=cancel, timeout=120)
+    assert result.status == "cancelled" and time.perf_counter() - started < 20
+
+
+def _platform_check(session: Session, check_id: str) -> CheckContext:
+    items = [i for i in plan(session.target, session.contract) if i.check.id == check_id]
+    return CheckContext(session, items[0].check, items[0].entry_point)
+
+
+def test_the_engine_run_started_ahead_is_the_one_the_check_then_asks_for(monkeypatch):
+    """platform.worker-runs declares its engine run: prefetched, it runs once, in a thread of
+    its own, and the check's own request gets that result."""
+    calls: list[dict] = []
+
+    def fake_run_probe(**kwargs):
+        calls.append(kwargs)
+        return ProbeResult(status="ok", exit_code=0)
+
+    monkeypatch.setattr(context_module, "run_probe", fake_run_probe)
+    target = resolve_target("vllm_add_dummy_platform")
+    session = Session(target)
+    with target:
+        ctx = _platform_check(session, "platform.worker-runs")
+        ctx.prefetch_engine_run()
+        ctx.prefetch_engine_run()  # already started
+        result = ctx.engine_run()
+    session.close()
+    assert result.status == "ok" and len(calls) == 1
+    (call,) = calls
+    assert call["call"] == "conformance.probes.platform:observe_worker_run"
+    assert call["env"] == {"VLLM_PLUGINS": "dummy_platform_plugin,dummy_custom_ops"}
+    assert call["pool"] is None and call["cancel"] is not None  # a fresh interpreter, stoppable
+
+
+def test_a_run_prefetches_only_the_first_selected_engine_run(monkeypatch):
+    started: list[str] = []
+    monkeypatch.setattr(
+        CheckContext, "prefetch_engine_run", lambda ctx: started.append(ctx.check.id)
+    )
+    target = resolve_target("vllm_add_dummy_platform")
+    session = Session(target)
+    with target:
+        items = plan(target, session.contract)
+        prefetch_engine_runs(session, items)
+        prefetch_engine_runs(session, [i for i in items if i.check.id != "platform.worker-runs"])
+    assert started == ["platform.worker-runs"]
+
+
+def test_closing_a_session_stops_an_engine_run_no_check_asked_for(monkeypatch):
+    stopped = threading.Event()
+
+    def slow_run_probe(**kwargs):
+        kwargs["cancel"].wait(60)
+        stopped.set()
+        return ProbeResult(status="cancelled")
+
+    monkeypatch.setattr(context_module, "run_probe", slow_run_probe)
+    target = resolve_target("vllm_add_dummy_platform")
+    session = Session(target)
+    with target:
+        _platform_check(session, "platform.worker-runs").prefetch_engine_run()
+        session.close()
+    assert stopped.is_set() and not session._ahead

@@ -211,7 +211,8 @@ def check_fast_import(ctx: CheckContext) -> None:
     budget counts only the plugin's own work: loading the entry point and calling it once,
     less the time spent loading the engine's own modules (`vllm.*`, and everything those
     pull in), which are timed per module as `-X importtime` does. The engine's surface
-    (torch included) is imported before the clock starts. A third-party dependency the
+    (torch and transformers included: vLLM imports both before any plugin) is imported before
+    the clock starts. A third-party dependency the
     plugin imports, and whatever its module does at import, count."""
     problem = fast_import_problem(_called(ctx))
     if problem:

@@ -20,7 +20,7 @@ from conformance.checks.general import (
     fail_engine_run,
     skip_if_engine_missing,
 )
-from conformance.context import CheckContext, observation
+from conformance.context import CheckContext, EngineRun, observation
 from conformance.framework import check, fail, fail_on, inconclusive, skip
 from conformance.probes.platform import (
     CALLS,
@@ -600,6 +600,11 @@ def platform_worker_env(ctx: CheckContext) -> dict[str, str | None]:
     return {"VLLM_PLUGINS": ",".join(dict.fromkeys(names))}
 
 
+def worker_run(ctx: CheckContext) -> EngineRun:
+    """platform.worker-runs' engine run (declared, so that a run can start it ahead)."""
+    return EngineRun(observe_worker_run, env=platform_worker_env(ctx), timeout=ENGINE_RUN_TIMEOUT_S)
+
+
 @check(
     "platform.worker-runs",
     level="recommended",
@@ -610,6 +615,7 @@ def platform_worker_env(ctx: CheckContext) -> dict[str, str | None]:
     "`vllm.v1.worker.cpu_worker.CPUWorker` that calls super() and reads only configuration "
     "the engine passes or that has a default.",
     requires=("platform.resolves", "platform.worker-cls", "platform.communicator"),
+    engine_run=worker_run,
 )
 def check_worker_runs(ctx: CheckContext) -> None:
     """`check_and_update_config` names the worker class, but nothing imports or builds it
@@ -631,7 +637,7 @@ def check_worker_runs(ctx: CheckContext) -> None:
             f"the platform's device_type is {device!r}, not 'cpu': only CPU platforms are run "
             "by the harness"
         )
-    result = ctx.run(observe_worker_run, env=platform_worker_env(ctx), timeout=ENGINE_RUN_TIMEOUT_S)
+    result = ctx.engine_run()
     engine = observation(result, observe_worker_run, f"that runs a model on {name}")
     skip_if_engine_missing(engine.missing)
     if engine.error is not None:

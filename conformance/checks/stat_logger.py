@@ -18,7 +18,7 @@ from conformance.checks.general import (
     fail_engine_run,
     skip_if_engine_missing,
 )
-from conformance.context import CheckContext
+from conformance.context import CheckContext, EngineRun, observation
 from conformance.framework import check, fail, fail_on, inconclusive
 from conformance.probes.data import ExceptionInfo
 from conformance.probes.stat_logger import (
@@ -271,6 +271,12 @@ def check_records(ctx: CheckContext) -> None:
     "`getattr(stats, name, default)` for fields that vary between releases), accept either "
     "stats being None, and never raise from record, log_engine_initialized or log.",
     requires=("stat_logger.subclass", "stat_logger.records"),
+    engine_run=lambda ctx: EngineRun(
+        run_stat_logger_engine,
+        env=_plugins_env(ctx),
+        timeout=ENGINE_RUN_TIMEOUT_S,
+        args={"step_timeout": STEP_TIMEOUT_S},
+    ),
 )
 def check_engine_run(ctx: CheckContext) -> None:
     """The stat-logger checks above feed the class stats the harness built; this one lets the
@@ -279,12 +285,8 @@ def check_engine_run(ctx: CheckContext) -> None:
     class is watched (not its own counters): it must be constructed, get
     `log_engine_initialized()` and `record(...)` for the engine steps, and neither they nor
     `log()` (from `do_log_stats()`) may raise, since they run on the server's output loop."""
-    run = ctx.observe(
-        run_stat_logger_engine,
-        step_timeout=STEP_TIMEOUT_S,
-        env=_plugins_env(ctx),
-        timeout=ENGINE_RUN_TIMEOUT_S,
-        purpose="that runs AsyncLLM with the stat logger",
+    run = observation(
+        ctx.engine_run(), run_stat_logger_engine, "that runs AsyncLLM with the stat logger"
     )
     skip_if_engine_missing(run.missing)
     if run.errors:

@@ -217,6 +217,11 @@ def observe_general(group: str, name: str) -> GeneralObservation:
     obs = GeneralObservation(has_torch=importlib.util.find_spec("torch") is not None)
     if obs.has_torch:
         _watch_cuda(obs.cuda_calls)
+    if importlib.util.find_spec("transformers") is not None:
+        # vLLM imports transformers in every process before a plugin loads (its configs are
+        # built on it); the reference only when it needs it. Imported here, it is the
+        # engine's cost on both engines, not the plugin's (general.fast-import).
+        import transformers  # noqa: F401
     import vllm.platforms
     import vllm.plugins  # noqa: F401
 
