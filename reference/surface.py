@@ -135,6 +135,7 @@ SURFACE: dict[str, str] = {
     "vllm.logprobs": "reference.engine.llm",
     "vllm.v1.engine.async_llm": "reference.engine.async_llm",
     "vllm.v1.engine.core": "reference.engine.core",
+    "vllm.v1.engine.llm_engine": "reference.engine.llm_engine",
     "vllm.v1.executor.abstract": "reference.engine.executor",
     "vllm.v1.executor.multiproc_executor": "reference.engine.executor",
     "vllm.v1.executor.uniproc_executor": "reference.engine.executor",

@@ -262,3 +262,26 @@ def test_the_model_runs_inside_a_forward_context():
     assert not is_forward_context_available()
     with pytest.raises(AssertionError, match="Forward context is not set"):
         get_forward_context()
+
+
+def test_llm_builds_its_engine_through_llm_engine_from_engine_args(model_dir, monkeypatch):
+    """A plugin that wraps LLMEngine.from_engine_args (flash-head reads its metadata there)
+    sees the offline engine start, as in vLLM: LLM calls it through the class."""
+    from reference.engine.llm_engine import LLMEngine
+
+    seen = []
+    original = LLMEngine.from_engine_args.__func__
+
+    def wrapped(cls, engine_args, *args, **kwargs):
+        seen.append(engine_args.model)
+        return original(cls, engine_args, *args, **kwargs)
+
+    monkeypatch.setattr(LLMEngine, "from_engine_args", classmethod(wrapped))
+    engine = LLM(model=model_dir, max_num_seqs=1)
+    try:
+        assert seen == [model_dir], "LLM should build its engine with LLMEngine.from_engine_args"
+        assert isinstance(engine.llm_engine, LLMEngine)
+        assert engine.llm_engine.vllm_config is engine.vllm_config
+        assert engine.llm_engine.engine_core is engine.engine_core
+    finally:
+        engine.shutdown()

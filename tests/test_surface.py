@@ -232,6 +232,7 @@ CENSUS_TARGETS = {
     "reference.argparse_utils",
     "reference.ec_transfer",
     "reference.sampler",
+    "reference.engine.llm_engine",
 }
 
 

@@ -34,6 +34,7 @@ EC_TRANSFER_STATE = (
 
 #: The vLLM paths these rows cover, with the reference names each must have on both engines.
 MODULE_NAMES: dict[str, tuple[str, ...]] = {
+    "vllm.v1.engine.llm_engine": ("LLMEngine",),
     "vllm.logging_utils": ("ColoredFormatter", "NewLineFormatter"),
     "vllm.model_executor.layers.linear": (
         "ColumnParallelLinear",
@@ -1087,6 +1088,22 @@ def ec_transfer_one_instance() -> list[Any]:
 
 
 #: The behaviour rows, by row id (the ids of docs/fidelity-surface.md).
+def llm_engine_class() -> list[Any]:
+    """LLMEngine as a plugin wraps it: `from_engine_args` is a class method with vLLM's
+    parameters, and `LLM.__init__` builds its engine through it (its source calls it by the
+    class), so a wrapper installed by a general plugin sees every offline engine start."""
+    import inspect
+
+    from vllm import LLM
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    return [
+        isinstance(vars(LLMEngine)["from_engine_args"], classmethod),
+        list(inspect.signature(LLMEngine.from_engine_args).parameters),
+        "LLMEngine.from_engine_args(" in inspect.getsource(LLM.__init__),
+    ]
+
+
 BEHAVIOUR: dict[str, Callable[[], Any]] = {
     "linear.replicated-computes-xWt+b": linear_replicated,
     "linear.skip-bias-add-and-return-bias": linear_skip_bias_add,
@@ -1113,6 +1130,7 @@ BEHAVIOUR: dict[str, Callable[[], Any]] = {
     "argparse.flexible-argument-parser": flexible_argument_parser,
     "sampler.v1-greedy-logprobs-and-processing": v1_sampler,
     "ec-transfer.one-instance-without-config": ec_transfer_one_instance,
+    "llm-engine.from-engine-args-is-what-llm-calls": llm_engine_class,
 }
 
 

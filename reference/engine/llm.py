@@ -6,12 +6,12 @@ The engine core runs in this process and drives its executor (see docs/engine.md
 from __future__ import annotations
 
 import itertools
-import types
 from collections.abc import Sequence
 from typing import Any
 
 from reference.engine.args import EngineArgs
-from reference.engine.core import EngineCore, Request
+from reference.engine.core import Request
+from reference.engine.llm_engine import LLMEngine
 from reference.logger import init_logger
 from reference.outputs import (
     CompletionOutput,
@@ -137,11 +137,10 @@ class LLM:
     def __init__(self, model: str, **kwargs: Any) -> None:
         kwargs.pop("trust_remote_code", None)  # local checkpoints only; nothing remote runs
         self.engine_args = EngineArgs(model=str(model), **kwargs)
-        self.llm_engine_config = self.engine_args.create_engine_config()
-        self.vllm_config = self.llm_engine_config
-        # vLLM keeps the config on its engine (`llm.llm_engine.vllm_config`); both work here.
-        self.llm_engine = types.SimpleNamespace(vllm_config=self.vllm_config)
-        self.engine_core = EngineCore(self.vllm_config)
+        # Through the class attribute, as vLLM does: a plugin may have wrapped it.
+        self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
+        self.llm_engine_config = self.vllm_config = self.llm_engine.vllm_config
+        self.engine_core = self.llm_engine.engine_core
         self.tokenizer = self.engine_core.tokenizer
         self._counter = itertools.count()
         self._io_processor: Any = None
