@@ -14,6 +14,7 @@ vLLM see nothing of it; `is_reference_distribution` tells the harness which one 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -55,10 +56,33 @@ class ReferenceDistribution(metadata.Distribution):
 
 
 def find_distributions(context: metadata.DistributionFinder.Context) -> Iterator[Any]:
-    """The reference's `vllm` distribution where `context` asks for it (or for every one)."""
+    """The reference's `vllm` distribution where `context` asks for it (or for every one).
+
+    A search confined to other directories (`distributions(path=[...])`, as a harness
+    reading one overlay does) does not find it: it lives beside the `reference` package,
+    so only a search of the default `sys.path`, or of a path holding that package, does.
+    """
     name = getattr(context, "name", None)
-    if name is None or _normalized(name) == NAME:
-        yield ReferenceDistribution()
+    if name is not None and _normalized(name) != NAME:
+        return
+    searched = vars(context).get("path")
+    if searched is not None and searched is not sys.path and _HOME not in _resolved(searched):
+        return
+    yield ReferenceDistribution()
+
+
+#: The directory the `reference` package sits in: where the mounted distribution lives.
+_HOME = Path(__file__).resolve().parent.parent
+
+
+def _resolved(entries: Any) -> set[Path]:
+    found = set()
+    for entry in entries:
+        try:
+            found.add(Path(entry or ".").resolve())
+        except (OSError, TypeError, ValueError):
+            continue
+    return found
 
 
 def is_reference_distribution(dist: Any) -> bool:

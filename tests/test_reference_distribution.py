@@ -4,6 +4,7 @@ harness never mistakes it for an installed real vLLM."""
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,21 @@ def test_the_distribution_exists_only_while_the_reference_is_mounted():
     finally:
         unmount()
     assert _reference_dists() == []
+
+
+def test_a_search_of_other_directories_does_not_find_it(tmp_path):
+    # A harness reading one overlay's metadata sees that overlay's distributions only.
+    import reference
+
+    home = str(Path(reference.__file__).resolve().parent.parent)
+    mount()
+    try:
+        assert list(metadata.distributions(path=[str(tmp_path)])) == []
+        assert list(metadata.distributions(name="vllm", path=[str(tmp_path)])) == []
+        beside = [d for d in metadata.distributions(path=[home]) if is_reference_distribution(d)]
+        assert len(beside) == 1, "a search of the directory holding the reference finds it"
+    finally:
+        unmount()
 
 
 def test_the_harness_does_not_take_the_mounted_reference_for_an_installed_vllm():

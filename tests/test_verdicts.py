@@ -321,7 +321,7 @@ import importlib.abc, sys
 
 class _Patch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "reference.engine.llm":
+        if name != "reference.engine.llm_engine":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
