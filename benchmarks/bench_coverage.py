@@ -299,7 +299,11 @@ def render_suite(suite: dict[str, Any], subset: dict[str, Any] | None) -> list[s
         "configuration in `pyproject.toml`): the xdist workers and every probe are measured "
         "through coverage.py's start-up hook (`patch = subprocess`), and the probes' data "
         "survives their `os._exit` (`patch = _exit`); `coverage combine` joins them and "
-        "`coverage report` prints the total and fails under `fail_under`.",
+        "`coverage report` prints the total and fails under `fail_under`. The tests marked "
+        "`sweep` (a whole catalog, or the whole engine suite, against each mutant in turn) "
+        "start their probes and pytester runs unmeasured (`tests/conftest.py`): they repeat "
+        "the code the other tests measure, every mutant is measured once by its own group's "
+        "test, and measuring them cost the engine env about 40 % of its time again.",
         "",
         "The whole suite, run here under coverage in this interpreter's environment (the "
         "engine env's packages except Triton and Ray, whose tests skip; finished "

@@ -73,6 +73,21 @@ def modelled_contract(request: pytest.FixtureRequest) -> Iterable[None]:
         yield
 
 
+#: Set by coverage.py (`patch = subprocess`) in a measured process: every Python subprocess
+#: started with it in its environment measures itself.
+MEASURE_SUBPROCESSES = "COVERAGE_PROCESS_CONFIG"
+
+
+@pytest.fixture(autouse=True)
+def sweeps_unmeasured(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked `sweep` runs a whole catalog (or engine suite) against one mutant: it
+    repeats, many times over, the plugin-side and engine-side code that the other tests
+    measure. Under `tox -e engine`'s coverage, the subprocesses it starts (probes, pytester
+    runs) are not measured, which costs them half their time again (docs/coverage.md)."""
+    if request.node.get_closest_marker("sweep") is not None:
+        monkeypatch.delenv(MEASURE_SUBPROCESSES, raising=False)
+
+
 @pytest.fixture
 def overlay(tmp_path) -> Overlay:
     return Overlay(tmp_path / "overlay")

@@ -97,6 +97,7 @@ def test_the_engine_mutant_fails_its_own_check(mutant):
 
 
 @pytest.mark.slow
+@pytest.mark.sweep
 @pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
 def test_each_engine_mutant_fails_its_own_check_and_only_it(mutant):
     skip_unless_installed(mutant)

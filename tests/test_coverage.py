@@ -245,3 +245,28 @@ def test_an_installed_distribution_is_measured_in_its_installed_packages(tmp_pat
     assert [(r.path, r.base) for r in scope.roots] == [
         (os.path.realpath(site / "inst_plugin"), os.path.realpath(site))
     ]
+
+
+def test_a_sweep_starts_its_subprocesses_unmeasured(pytester, monkeypatch):
+    # The suite's own coverage (tox -e engine) measures a subprocess where this variable is
+    # set; a test marked `sweep` does without it, every other test keeps it.
+    from tests.conftest import MEASURE_SUBPROCESSES
+
+    monkeypatch.setenv(MEASURE_SUBPROCESSES, "[run]")
+    pytester.makeini("[pytest]\nmarkers =\n    sweep: a mutant sweep\n")
+    pytester.makeconftest("from tests.conftest import sweeps_unmeasured  # noqa: F401\n")
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+
+        @pytest.mark.sweep
+        def test_sweep():
+            assert {MEASURE_SUBPROCESSES!r} not in os.environ
+
+        def test_other():
+            assert os.environ[{MEASURE_SUBPROCESSES!r}] == "[run]"
+        """
+    )
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert os.environ[MEASURE_SUBPROCESSES] == "[run]", "restored after the sweep"

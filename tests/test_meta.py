@@ -91,6 +91,7 @@ def _skip_unless_judgeable(mutant):
         pytest.skip(f"{mutant} needs {', '.join(missing)}, which is not installed here")
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     _skip_unless_judgeable(mutant)
@@ -125,15 +126,19 @@ def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
     assert code == 0 or (code == 3 and (GOOD_EXIT == 3 or not HAS_FASTAPI)), out
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("mutant", mutant_names())
 def test_certify_strict_exits_1_on_every_mutant(mutant, capsys):
     _skip_unless_judgeable(mutant)
     contract = PINNED.get(mutant)
-    code = main(["certify", mutant, "--strict", *(("--contract", contract) if contract else ())])
+    # Its own check alone: that it fails only it is test_every_mutant_fails_its_own_check's.
+    pinned = ("--contract", contract) if contract else ()
+    code = main(["certify", mutant, "--strict", "--check", mutant, *pinned])
     out = capsys.readouterr().out
     assert code == 1 and f"[{mutant}]" in out
 
 
+@pytest.mark.sweep
 @pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
 def test_engine_exits_1_on_every_engine_mutant(mutant, capsys):
     skip_unless_installed(mutant)
