@@ -91,21 +91,16 @@ def _skip_unless_judgeable(mutant):
         pytest.skip(f"{mutant} needs {', '.join(missing)}, which is not installed here")
 
 
-@pytest.mark.sweep
-@pytest.mark.parametrize("mutant", mutant_names())
-def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
-    _skip_unless_judgeable(mutant)
-    contract = PINNED.get(mutant)
-    pinned = ("--conformance-contract", contract) if contract else ()
-    result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict", *pinned)
+def _assert_fails_only_its_own_check(mutant, report):
+    """The mutant fails its own check, with the rule and the fix, and only it across the whole
+    catalog: every other check passes, does not apply, or is blocked by the mutant's own."""
+    __tracebackhide__ = True
     own = [c for c in report["checks"] if c["id"] == mutant]
     assert own, f"the check {mutant} did not run on its mutant"
     assert all(c["status"] == "failed" for c in own), own
     message = own[0]["message"]
     assert message.startswith(f"[{mutant}]") and "Rule:" in message and "Fix:" in message
-    assert report["summary"]["verdict"] == "not-certified" and result.ret == 1
-    # ... and only it, across the whole catalog: every other check passes, does not apply, or
-    # is blocked by the mutant's own check.
+    assert report["summary"]["verdict"] == "not-certified"
     stray = {
         f"{c['id']}[{c['entry_point'] or ''}]": (c["status"], c["blocked_by"])
         for c in report["checks"]
@@ -117,6 +112,42 @@ def test_every_mutant_fails_its_own_check(pytester, tmp_path, mutant):
     assert stray == {}, f"{mutant} should fail only {mutant}"
 
 
+@pytest.mark.sweep
+@pytest.mark.parametrize("mutant", mutant_names())
+def test_every_mutant_fails_its_own_check_and_certify_strict_exits_1(tmp_path, mutant, capsys):
+    _skip_unless_judgeable(mutant)
+    contract = PINNED.get(mutant)
+    pinned = ("--contract", contract) if contract else ()
+    code = main(["certify", mutant, "--strict", "--report-dir", str(tmp_path), *pinned])
+    out = capsys.readouterr().out
+    assert code == 1 and f"[{mutant}]" in out
+    [report_path] = tmp_path.glob("*.json")
+    _assert_fails_only_its_own_check(mutant, json.loads(report_path.read_text()))
+
+
+def _one_mutant_per_group():
+    """The first mutant of each check group: the pytest plugin's side of the sweep above."""
+    first = {}
+    for mutant in mutant_names():
+        first.setdefault(mutant.partition(".")[0], mutant)
+    return sorted(first.values())
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("mutant", _one_mutant_per_group())
+def test_the_pytest_plugin_fails_a_mutant_of_each_group_on_its_own_check_only(
+    pytester, tmp_path, mutant
+):
+    # The plugin and the CLI share the runner: one mutant per group shows the plugin's
+    # report and exit status agree with the CLI's sweep.
+    _skip_unless_judgeable(mutant)
+    contract = PINNED.get(mutant)
+    pinned = ("--conformance-contract", contract) if contract else ()
+    result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict", *pinned)
+    _assert_fails_only_its_own_check(mutant, report)
+    assert result.ret == 1
+
+
 @pytest.mark.parametrize("fixture", fixture_names())
 def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
     code = main(["certify", fixture, "--strict"])
@@ -124,18 +155,6 @@ def test_certify_exits_0_on_every_good_fixture_even_strict(fixture, capsys):
     # Without torch (or fastapi), a fixture that needs it is incomplete (exit 3), never
     # not-certified.
     assert code == 0 or (code == 3 and (GOOD_EXIT == 3 or not HAS_FASTAPI)), out
-
-
-@pytest.mark.sweep
-@pytest.mark.parametrize("mutant", mutant_names())
-def test_certify_strict_exits_1_on_every_mutant(mutant, capsys):
-    _skip_unless_judgeable(mutant)
-    contract = PINNED.get(mutant)
-    # Its own check alone: that it fails only it is test_every_mutant_fails_its_own_check's.
-    pinned = ("--contract", contract) if contract else ()
-    code = main(["certify", mutant, "--strict", "--check", mutant, *pinned])
-    out = capsys.readouterr().out
-    assert code == 1 and f"[{mutant}]" in out
 
 
 @pytest.mark.sweep
