@@ -31,6 +31,7 @@ function left partly unrun from `docs/coverage-notes.toml` ("path:function" = "w
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import statistics
@@ -150,7 +151,13 @@ def measure_cost(fixture: str, repeat: int, timeout: int) -> dict[str, Any]:
         "median_s": median,
         "ratio": round(median["coverage"] / median["plain"], 2),
         "machine": at_start,
+        # What the suite could use: without one of them, its tests skip.
+        "installed": sorted(m for m in OPTIONAL if importlib.util.find_spec(m) is not None),
     }
+
+
+#: The optional packages some of the suite's tests need (the engine env has them all).
+OPTIONAL = ("torch", "transformers", "triton", "ray", "fastapi", "peft")
 
 
 def measure_suite(pytest_args: list[str], repeat: int, timeout: int) -> dict[str, Any]:
@@ -200,6 +207,8 @@ def measure_suite(pytest_args: list[str], repeat: int, timeout: int) -> dict[str
         "total": float(total.stdout.strip()),
         "ratio": round(median["coverage"] / median["plain"], 2),
         "machine": at_start,
+        # What the suite could use: without one of them, its tests skip.
+        "installed": sorted(m for m in OPTIONAL if importlib.util.find_spec(m) is not None),
     }
 
 
@@ -286,12 +295,9 @@ def render_engine(
 
 
 def render_suite(suite: dict[str, Any], subset: dict[str, Any] | None) -> list[str]:
-    """The suite's total and floor (from a whole run) and what coverage costs it (from
-    interleaved pairs on a subset, where given: a whole run takes most of an hour here)."""
+    """The suite's total and floor, and what coverage costs it, from a whole run (and from an
+    earlier subset's interleaved pairs, where recorded)."""
     floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["coverage"]["report"]
-    timing = subset or suite
-    selection = " ".join(timing["args"]) or "the whole suite"
-    m = timing["median_s"]
     return [
         "## The suite's own coverage",
         "",
@@ -303,16 +309,30 @@ def render_suite(suite: dict[str, Any], subset: dict[str, Any] | None) -> list[s
         "`sweep` (a whole catalog, or the whole engine suite, against each mutant in turn) "
         "start their probes and pytester runs unmeasured (`tests/conftest.py`): they repeat "
         "the code the other tests measure, every mutant is measured once by its own group's "
-        "test, and measuring them cost the engine env about 40 % of its time again.",
+        "test, and measuring them made them about half as slow again (on 2026-12-07, "
+        "`tests/test_checks_engine.py`, the engine sweep's file, took 198 s plain and 291 s "
+        "with everything measured, x1.47).",
         "",
-        "The whole suite, run here under coverage in this interpreter's environment (the "
-        "engine env's packages except Triton and Ray, whose tests skip; finished "
+        "The whole suite, run here under coverage (in an environment with "
+        f"{', '.join(suite.get('installed') or ['none of the optional packages'])}; started "
         f"{suite['machine']['date'][:16]}, {suite['median_s']['coverage'] / 60:.0f} min): "
         f"total **{suite['total']:.1f} %** of `conformance/` and `reference/` (fixtures "
-        "omitted). The floor sits under it, to be raised once `tox -e engine` (with Triton "
-        f"and Ray) has measured its own total: `fail_under = {floor['fail_under']}`.",
+        f"omitted). The floor sits under it: `fail_under = {floor['fail_under']}`.",
         "",
-        f"What it costs, on `{selection}` ({len(timing['runs']['plain'])} plain/coverage "
+        *_cost_line("the whole suite", suite),
+        *(_cost_line(f"`{' '.join(subset['args'])}`", subset, earlier=True) if subset else []),
+    ]
+
+
+def _cost_line(selection: str, timing: dict[str, Any], earlier: bool = False) -> list[str]:
+    m = timing["median_s"]
+    when = (
+        f"measured {timing['machine']['date'][:10]}, before the sweeps ran unmeasured: "
+        if earlier
+        else ""
+    )
+    return [
+        f"What it costs, on {selection} ({when}{len(timing['runs']['plain'])} plain/coverage "
         f"pair(s), {timing['machine']['cpus']} shared CPUs, load average "
         f"{timing['machine']['loadavg'][0]:.1f} at the start): median **{m['plain']:.0f} s** "
         f"plain, **{m['coverage']:.0f} s** under coverage (**x{timing['ratio']:.2f}**).",
