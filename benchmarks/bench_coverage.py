@@ -306,7 +306,7 @@ def render_suite(suite: dict[str, Any], subset: dict[str, Any] | None) -> list[s
         "through coverage.py's start-up hook (`patch = subprocess`), and the probes' data "
         "survives their `os._exit` (`patch = _exit`); `coverage combine` joins them and "
         "`coverage report` prints the total and fails under `fail_under`. The tests marked "
-        "`sweep` (a whole catalog, or the whole engine suite, against each mutant in turn) "
+        "`sweep` (a whole catalog, or the engine suite, against each mutant in turn) "
         "start their probes and pytester runs unmeasured (`tests/conftest.py`): they repeat "
         "the code the other tests measure, every mutant is measured once by its own group's "
         "test, and measuring them made them about half as slow again (on 2026-12-07, "

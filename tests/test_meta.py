@@ -14,7 +14,6 @@ from conformance.overlay import fixture_names, fixtures_root
 from conformance.probes.engine_run import ENGINE_RUN_DEPS
 from conformance.target import mutant_names
 from tests.conftest import torch_inconclusive
-from tests.test_checks_engine import ENGINE_MUTANTS, skip_unless_installed
 from tests.test_checks_logits import JUDGED_AS
 from tests.test_drift import MUTANTS_JUDGED_AS as DRIFT_JUDGED_AS
 
@@ -147,13 +146,3 @@ def test_the_pytest_plugin_fails_a_mutant_of_each_group_on_its_own_check_only(
     result, report = _certify(pytester, mutant, tmp_path, "--conformance-strict", *pinned)
     _assert_fails_only_its_own_check(mutant, report)
     assert result.ret == 1
-
-
-@pytest.mark.sweep
-@pytest.mark.parametrize("mutant", ENGINE_MUTANTS)
-def test_engine_exits_1_on_every_engine_mutant(mutant, capsys):
-    skip_unless_installed(mutant)
-    patch = fixtures_root() / "mutants" / mutant / "patch.py"
-    code = main(["engine", "--engine", "reference", "--patch", str(patch), "--check", mutant])
-    out = capsys.readouterr().out
-    assert code == 1 and f"[{mutant}]" in out, out
