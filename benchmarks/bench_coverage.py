@@ -320,8 +320,10 @@ def render_suite(suite: dict[str, Any], subset: dict[str, Any] | None) -> list[s
         f"omitted). The floor sits under it: `fail_under = {floor['fail_under']}`. It keeps "
         "a wide margin: on 2026-12-07 two `tox -e engine` runs on a clean clone printed "
         "87.4 % and 85.6 %. In the second, `conformance/checks/engine.py` read 27 %, against "
-        "89 % when its tests run alone under coverage. An xdist worker stopped measuring its "
-        "own process part-way through, and the cause is not found yet.",
+        "89 % when its tests run alone under coverage: the engine checks' in-process lines "
+        "went unrecorded in the whole run (twice more at the same commit). The tracer stayed "
+        "set across every test and the module was never re-imported; the cause is not found "
+        "yet.",
         "",
         *_cost_line("the whole suite", suite),
         *(_cost_line(f"`{' '.join(subset['args'])}`", subset, earlier=True) if subset else []),
