@@ -151,8 +151,6 @@ def measure_cost(fixture: str, repeat: int, timeout: int) -> dict[str, Any]:
         "median_s": median,
         "ratio": round(median["coverage"] / median["plain"], 2),
         "machine": at_start,
-        # What the suite could use: without one of them, its tests skip.
-        "installed": sorted(m for m in OPTIONAL if importlib.util.find_spec(m) is not None),
     }
 
 

@@ -55,6 +55,10 @@ class ReferenceDistribution(metadata.Distribution):
         return f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {__version__}\nSummary: {_SUMMARY}\n"
 
 
+#: The directory the `reference` package sits in: where the mounted distribution lives.
+_HOME = Path(__file__).resolve().parent.parent
+
+
 def find_distributions(context: metadata.DistributionFinder.Context) -> Iterator[Any]:
     """The reference's `vllm` distribution where `context` asks for it (or for every one).
 
@@ -69,10 +73,6 @@ def find_distributions(context: metadata.DistributionFinder.Context) -> Iterator
     if searched is not None and searched is not sys.path and _HOME not in _resolved(searched):
         return
     yield ReferenceDistribution()
-
-
-#: The directory the `reference` package sits in: where the mounted distribution lives.
-_HOME = Path(__file__).resolve().parent.parent
 
 
 def _resolved(entries: Any) -> set[Path]:

@@ -121,8 +121,8 @@ def test_every_mutant_fails_its_own_check_and_certify_strict_exits_1(tmp_path, m
     code = main(["certify", mutant, "--strict", "--report-dir", str(tmp_path), *pinned])
     out = capsys.readouterr().out
     assert code == 1 and f"[{mutant}]" in out
-    [report_path] = tmp_path.glob("*.json")
-    _assert_fails_only_its_own_check(mutant, json.loads(report_path.read_text()))
+    report = json.loads((tmp_path / "conformance-report.json").read_text())
+    _assert_fails_only_its_own_check(mutant, report)
 
 
 def _one_mutant_per_group():
