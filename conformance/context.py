@@ -20,7 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from conformance.framework import Check, CheckFailed, HarnessError, fail_on
-from conformance.probe import ProbePool, ProbeResult, installed_vllm, run_probe
+from conformance.probe import ProbePool, ProbeResult, crash_summary, installed_vllm, run_probe
 from conformance.probes import facts as facts_probe
 from conformance.target import EntryPointInfo, Target
 from reference._version import CONTRACT_ENV, SUPPORTED_CONTRACTS, contract_version
@@ -210,6 +210,10 @@ class Session:
             self._probes[key] = result
         return self._probes[key]
 
+    def forget(self, function: Callable[..., Any], args: dict[str, Any] | None, env: Any) -> None:
+        """Drop the shared result of a probe, so that the next `run` of it runs it again."""
+        self._probes.pop(_probe_key(function, args, env, False), None)
+
     def prefetch(
         self,
         function: Callable[..., Any],
@@ -314,6 +318,12 @@ class CheckContext:
     session: Session
     check: Check
     entry_point: EntryPointInfo | None = None
+    #: The probes this check ran (`run`), as (function, args, env), and their results.
+    fetched: list[tuple[Callable[..., Any], dict[str, Any], Any, ProbeResult]] = field(
+        default_factory=list
+    )
+    #: Whether the check is on its second attempt (`run_again`).
+    ran_again: bool = False
 
     @property
     def target(self) -> Target:
@@ -343,7 +353,23 @@ class CheckContext:
         if self.entry_point is not None:
             args = {"group": self.entry_point.group, "name": self.entry_point.name, **args}
         hang_key = self.entry_point.key if self.entry_point is not None else "<target>"
-        return self.session.run(function, args, env=env, timeout=timeout, hang_key=hang_key)
+        result = self.session.run(function, args, env=env, timeout=timeout, hang_key=hang_key)
+        self.fetched.append((function, args, env, result))
+        return result
+
+    def run_again(self) -> None:
+        """Prepare the check's second attempt (`framework.RunAgain`): the probes it ran are
+        forgotten, so that it runs them afresh."""
+        for function, args, env, _ in self.fetched:
+            self.session.forget(function, args, env)
+        self.fetched.clear()
+        self.ran_again = True
+
+    def crash_summaries(self) -> list[str]:
+        """One line per fatal-signal report in the probes this check ran (`ProbeResult.
+        crash_report`): the fatal error and where the process died."""
+        found = (crash_summary(result.crash_report) for *_, result in self.fetched)
+        return list(dict.fromkeys(line for line in found if line))
 
     def observe(
         self,

@@ -80,6 +80,13 @@ class Inconclusive(Exception):
     version is unknown): the message says why and what would let it judge."""
 
 
+class RunAgain(Exception):
+    """The check's engine run failed in code that is not the plugin's: the runner runs the
+    check once more with fresh probes (`CheckContext.run_again`) before anything is blamed on
+    the plugin, since an engine can fail on its own now and then (a worker that dies in a
+    native kernel). The message says how the first attempt failed."""
+
+
 class HarnessError(Exception):
     """The suite itself failed (its own code raised, or it could not set up the engine): the
     check's status is `error`, never `failed`, and no plugin author is told to fix anything."""
@@ -95,11 +102,12 @@ def fail(message: str, *, entry_points: tuple[str, ...] = ()) -> NoReturn:
     raise CheckFailed(message, entry_points)
 
 
-def fail_on(exception: ExceptionInfo, message: str) -> NoReturn:
+def fail_on(exception: ExceptionInfo, message: str, after: str = "") -> NoReturn:
     """Fail because of `exception`, caught in a probe — unless the harness's own code raised
-    it, which is the suite's failure (`HarnessError`), not the plugin's."""
+    it, which is the suite's failure (`HarnessError`), not the plugin's. `after` follows the
+    exception's traceback in the message."""
     __tracebackhide__ = True
-    text = f"{message.rstrip()}\n{exception.render()}"
+    text = f"{message.rstrip()}\n{exception.render()}{after}"
     if exception.owner == "harness":
         raise HarnessError(text, exception)
     raise CheckFailed(text, exception=exception)

