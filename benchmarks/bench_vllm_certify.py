@@ -5,7 +5,7 @@ itself takes here. Both are measured in one run, interleaved fixture by fixture 
 then that fixture's certification), so that load on the shared machine hits both alike:
 
   bare      a fresh `--vllm-python` process: `from vllm import LLM`, `LLM(tiny Llama,
-            enforce_eager=True)` (the checkpoint the harness generates, cached), a 1-token
+            enforce_eager=True, dtype="float32")` (the checkpoint the harness generates, cached), a 1-token
             `generate`, shutdown: the command's wall time, and inside it the import and the
             `LLM(...)` + first-token seconds.
   certify   `python -m conformance.cli certify FIXTURE --engine vllm --report-dir DIR` in the

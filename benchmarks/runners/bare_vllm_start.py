@@ -1,5 +1,5 @@
 """One bare vLLM start, the cost a user pays before any plugin runs: import vLLM, start `LLM`
-on the harness's tiny Llama (eager, a small KV cache), generate one token, and report the
+on the harness's tiny Llama (eager, float32, a small KV cache), generate one token, and report the
 times as one `BENCH-RESULT` JSON line.
 
     python benchmarks/runners/bare_vllm_start.py
@@ -24,7 +24,9 @@ def main() -> None:
 
     model = str(tiny_checkpoint("llama"))
     t2 = time.perf_counter()
-    llm = LLM(model=model, enforce_eager=True, kv_cache_memory_bytes=64 << 20)
+    # float32 as the harness's engines (`conformance.probes.engine_run.SMALL_ENGINE`): the same
+    # model served the same way, and bfloat16 attention kills the worker on AMX CPUs.
+    llm = LLM(model=model, enforce_eager=True, kv_cache_memory_bytes=64 << 20, dtype="float32")
     llm.generate(["hello"], SamplingParams(max_tokens=1, temperature=0))
     t3 = time.perf_counter()
     result = {"import_s": t1 - t0, "llm_first_token_s": t3 - t2}
