@@ -26,6 +26,8 @@ it (`forward(input_ids, positions, intermediate_tensors=None, inputs_embeds=None
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -124,6 +126,15 @@ def build_from_checkpoint(model_cls: type, model_dir: str | Path, *, dtype: str 
     return model
 
 
+@functools.cache
+def _cache_keyword(backbone_class: type) -> str:
+    """The keyword a transformers model's `forward` takes its KV cache by: `cache` in the
+    releases that renamed it (`past_key_values` warns there, and goes in 5.40), else
+    `past_key_values`."""
+    params = inspect.signature(backbone_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def run_hf_backbone(
     backbone: nn.Module,
     input_ids: torch.Tensor | None,
@@ -145,8 +156,8 @@ def run_hf_backbone(
         inputs_embeds=inputs_embeds,
         position_ids=positions,
         attention_mask=attention_mask,
-        past_key_values=kv_cache,
         use_cache=kv_cache is not None,
+        **{_cache_keyword(type(backbone)): kv_cache},
     )
     hidden = out.last_hidden_state
     return hidden[0] if flat else hidden
