@@ -5,9 +5,9 @@ itself takes here. Both are measured in one run, interleaved fixture by fixture 
 then that fixture's certification), so that load on the shared machine hits both alike:
 
   bare      a fresh `--vllm-python` process: `from vllm import LLM`, `LLM(tiny Llama,
-            enforce_eager=True, dtype="float32")` (the checkpoint the harness generates, cached), a 1-token
-            `generate`, shutdown: the command's wall time, and inside it the import and the
-            `LLM(...)` + first-token seconds.
+            enforce_eager=True, dtype="float32")` (the checkpoint the harness generates,
+            cached), a 1-token `generate`, shutdown: the command's wall time, and inside it
+            the import and the `LLM(...)` + first-token seconds.
   certify   `python -m conformance.cli certify FIXTURE --engine vllm --report-dir DIR` in the
             same interpreter (`bench_certify.certify`): wall time, verdict, per-check seconds.
 
