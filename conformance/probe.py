@@ -113,9 +113,9 @@ class ProbeResult:
                 f"did not finish within its time limit ({self.wall_s:.1f} s) and was killed (if "
                 "it only needs longer on this machine, raise the limit: --timeout SECONDS)"
             )
-        crash = crash_summary(self.crash_report)
         if self.signal is not None:
             name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else ""
+            crash = crash_summary(self.crash_report)
             where = f" ({crash})" if crash else ""
             return f"the interpreter was killed by signal {self.signal} {name}".rstrip() + where
         tail = self.stderr_tail.strip().splitlines()[-5:]
@@ -242,8 +242,7 @@ class _TailReader(threading.Thread):
 
     def _keep_crash(self, chunk: bytes) -> None:
         if self.crash:
-            if len(self.crash) < CRASH_REPORT_BYTES:
-                self.crash = (self.crash + chunk)[:CRASH_REPORT_BYTES]
+            self.crash += chunk[: CRASH_REPORT_BYTES - len(self.crash)]
             return
         # The mark may straddle two chunks: look in the end of the last one as well.
         seen = self._seen + chunk
