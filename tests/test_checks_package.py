@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -90,6 +91,17 @@ def test_vllm_requirements_match_the_distribution_names_of_vllm():
 def test_vllm_requirements_of_optional_extras_are_not_counted():
     found = _requirements('vllm<0.20; extra == "legacy"', 'vllm>=0.30; sys_platform == "linux"')
     assert found == ['vllm>=0.30; sys_platform == "linux"'], "an extra does not pin a plain install"
+
+
+def test_a_vllm_requirement_only_an_extra_declares_is_named_in_the_failure():
+    # As infermon 0.1.0rc3 on PyPI does: `Requires-Dist: vllm==0.31.0 ; extra == 'vllm'`.
+    mutant = resolve_target("package.declares-vllm-requirement")
+    target = replace(mutant, requires=(*mutant.requires, "vllm==0.31.0; extra == 'vllm'"))
+    result = run_group(target)["package.declares-vllm-requirement"]
+    assert result.status == "failed", "an extra does not constrain a plain install"
+    assert "declares no requirement on vllm" in result.message
+    assert 'Only an optional extra asks for it (vllm==0.31.0; extra == "vllm")' in result.message
+    assert f"plain `pip install {mutant.name}`" in result.message
 
 
 def test_the_dependencies_mutant_fails_only_that_check():

